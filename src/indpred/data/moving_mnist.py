@@ -1,0 +1,275 @@
+"""Moving MNIST generated on the fly, with ground truth (positions, velocities, labels).
+
+Digits bounce inside a square canvas; in colour mode digit k is drawn on channel k
+(red, green, blue), so the objects of a frame are known exactly. Kinematics are a
+closed-form triangle wave and rendering is one advanced-indexing write, both
+vectorised over batch, time and digits (torch ops, so they also run on a GPU).
+
+Conventions (all positions and velocities are (row, col) in pixels):
+
+* ``positions[t, k]`` is the unrounded top-left corner of digit k at frame t,
+  always in ``[0, L]`` with ``L = image_size - 28``.
+* ``velocities[t, k]`` is the velocity the digit leaves frame t with: if frame t
+  sits exactly on an edge it already points back inside. So per axis
+  ``positions[t+1] = fold(positions[t] + velocities[t])``, where ``fold`` reflects
+  into ``[0, L]`` (``x < 0 -> -x``, ``x > L -> 2L - x``); without a bounce between
+  the two frames this is ``positions[t] + velocities[t]``, and a bounce flips the
+  sign of that axis' velocity (``velocities[t+1] = -velocities[t]``).
+* The digit is drawn with its top-left at ``torch.round(positions)`` of the float32
+  positions returned, i.e. round half to even.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from indpred.data.mnist import load_digits
+from indpred.errors import UserError
+
+__all__ = [
+    "DIGIT_SIZE",
+    "INTEGER_MAX_SPEED",
+    "KINEMATICS",
+    "STANDARD_SPEED",
+    "MovingMNIST",
+    "bounce",
+    "render",
+]
+
+DIGIT_SIZE = 28
+"""Side of an MNIST digit patch, in pixels."""
+
+STANDARD_SPEED = 3.6
+"""Speed of the standard (Srivastava et al. 2015) kinematics, pixels per frame."""
+
+INTEGER_MAX_SPEED = 4
+"""Integer (SVG/DrNet) kinematics draw each velocity component from {-4..4}."""
+
+KINEMATICS = ("standard", "integer")
+_SPLIT_CODES = {"train": 0, "test": 1}  # second word of the per-item SeedSequence
+
+
+def bounce(p0: Tensor, v0: Tensor, T: int, L: float) -> tuple[Tensor, Tensor]:
+    """Closed-form motion with reflection at 0 and L, for all frames at once.
+
+    The unfolded coordinate ``u = p0 + v0 * t`` is folded onto ``[0, L]`` by a
+    triangle wave of period 2L: with ``m = u mod 2L``, the position is ``m`` on
+    the way out (``m < L``, velocity ``+v0``) and ``2L - m`` on the way back
+    (velocity ``-v0``). The returned velocity at frame t is the one carried to
+    frame t+1 (see the module docstring). ``L == 0`` gives zero positions and
+    velocities (a digit filling the canvas cannot move).
+
+    Args:
+        p0: start positions (..., D, 2), in ``[0, L]``.
+        v0: start velocities (..., D, 2), pixels per frame.
+        T: number of frames.
+        L: largest position, ``image_size - 28``.
+
+    Returns:
+        positions, velocities: (..., T, D, 2), floating (float64 for integer inputs).
+    """
+    p0 = torch.as_tensor(p0)
+    v0 = torch.as_tensor(v0, device=p0.device)
+    dtype = torch.promote_types(p0.dtype, v0.dtype)
+    if not dtype.is_floating_point:
+        dtype = torch.float64
+    p0 = p0.to(dtype).unsqueeze(-3)  # (..., 1, D, 2)
+    v0 = v0.to(dtype).unsqueeze(-3)  # (..., 1, D, 2)
+    t = torch.arange(T, dtype=dtype, device=p0.device).view(T, 1, 1)  # (T, 1, 1)
+    u = p0 + v0 * t  # (..., T, D, 2) unfolded coordinate
+    if L == 0:
+        return torch.zeros_like(u), torch.zeros_like(u)
+    m = torch.remainder(u, 2 * L)  # (..., T, D, 2) in [0, 2L]
+    outward = m < L
+    positions = torch.where(outward, m, 2 * L - m)
+    # "+ 0.0" turns the -0.0 of a reflected zero velocity into +0.0.
+    velocities = torch.where(outward, v0, -v0) + 0.0  # (..., T, D, 2)
+    return positions, velocities
+
+
+def render(digits: Tensor, positions: Tensor, *, image_size: int, colour: bool) -> Tensor:
+    """Draw digits on blank canvases, every batch item, frame and digit at once.
+
+    Each 28x28 digit is written with its top-left at ``torch.round(positions)``
+    (round half to even). In colour mode digit k goes to channel k of 3 channels
+    (D <= 3; channels without a digit stay zero); in grayscale the D digit layers
+    are combined by elementwise maximum into one channel.
+
+    Args:
+        digits: (B, D, 28, 28) pixel values, e.g. floats in [0, 1].
+        positions: (B, T, D, 2) top-left (row, col), in ``[0, image_size - 28]``.
+        image_size: canvas side H = W.
+        colour: 3 channels, one per digit, or 1 channel.
+
+    Returns:
+        frames: (B, T, C, H, W), dtype and device of ``digits``; C = 3 or 1.
+    """
+    B, D = digits.shape[:2]
+    T = positions.shape[1]
+    if digits.shape[2:] != (DIGIT_SIZE, DIGIT_SIZE) or positions.shape != (B, T, D, 2):
+        raise ValueError(
+            f"render: digits {tuple(digits.shape)} and positions {tuple(positions.shape)} "
+            "must be (B, D, 28, 28) and (B, T, D, 2)"
+        )
+    if colour and D > 3:
+        raise ValueError(f"render: colour mode draws at most 3 digits, got {D}")
+    dev = digits.device
+    top_left = torch.round(positions).long().to(dev)  # (B, T, D, 2)
+    lo, hi = int(top_left.min()), int(top_left.max())
+    if lo < 0 or hi > image_size - DIGIT_SIZE:
+        raise ValueError(f"render: top-left corners {lo}..{hi} fall off a {image_size} canvas")
+    offsets = torch.arange(DIGIT_SIZE, device=dev)  # (28,)
+    rows = top_left[..., 0, None] + offsets  # (B, T, D, 28)
+    cols = top_left[..., 1, None] + offsets  # (B, T, D, 28)
+    b = torch.arange(B, device=dev).view(B, 1, 1, 1, 1)
+    t = torch.arange(T, device=dev).view(1, T, 1, 1, 1)
+    d = torch.arange(D, device=dev).view(1, 1, D, 1, 1)
+    layers = 3 if colour else D
+    canvas = digits.new_zeros(B, T, layers, image_size, image_size)  # (B, T, layers, H, W)
+    patches = digits[:, None].expand(B, T, D, DIGIT_SIZE, DIGIT_SIZE)  # (B, T, D, 28, 28)
+    canvas[b, t, d, rows[..., :, None], cols[..., None, :]] = patches
+    if colour:
+        return canvas  # (B, T, 3, H, W)
+    return canvas.amax(dim=2, keepdim=True)  # (B, T, 1, H, W)
+
+
+class MovingMNIST(Dataset):
+    """Bouncing MNIST digits with ground truth, generated on the fly and reproducibly.
+
+    Item i of (seed, split) is fixed: its random draws come from
+    ``PCG64(SeedSequence([seed, split_code, i]))`` (split_code 0 train, 1 test), so
+    it is the same in every process and DataLoader worker. Per item, in this order:
+    ``n_digits`` pool indices (uniform, with replacement), then the kinematics:
+
+    * ``"standard"`` (Srivastava et al. 2015): start uniform in ``[0, L]^2``, direction
+      theta uniform in ``[0, 2 pi)``, velocity ``3.6 * (sin theta, cos theta)`` (row, col).
+    * ``"integer"`` (SVG/DrNet): start uniform on ``{0..L}^2``, velocity uniform on
+      ``{-4..4}^2`` (zero included).
+
+    No draw depends on ``colour``, ``seq_len`` or ``length``, so e.g. the grayscale
+    item is the channel maximum of the colour item. Train items take digits from
+    MNIST's train split, test items from its test split (see :func:`load_digits`
+    for ``source``).
+
+    Items are dicts: ``frames`` float32 (T, C, H, W) in [0, 1]; ``positions`` and
+    ``velocities`` float32 (T, n_digits, 2), per the module docstring's conventions;
+    ``labels`` int64 (n_digits,).
+    """
+
+    def __init__(
+        self,
+        *,
+        split: str = "train",
+        n_digits: int = 2,
+        seq_len: int = 10,
+        colour: bool = True,
+        kinematics: str = "standard",
+        image_size: int = 64,
+        seed: int = 0,
+        length: int = 100_000,
+        source: str | Path | None = None,
+    ) -> None:
+        if split not in _SPLIT_CODES:
+            raise UserError(f"unknown split {split!r}: use 'train' or 'test'")
+        if kinematics not in KINEMATICS:
+            raise UserError(f"unknown kinematics {kinematics!r}: use 'standard' or 'integer'")
+        self.n_digits = _check_int("n_digits", n_digits, 1, 3)
+        self.seq_len = _check_int("seq_len", seq_len, 1)
+        self.image_size = _check_int("image_size", image_size, DIGIT_SIZE)
+        self.seed = _check_int("seed", seed, 0)
+        self.length = _check_int("length", length, 1)
+        self.split = split
+        self.kinematics = kinematics
+        self.colour = bool(colour)
+        self.max_position = self.image_size - DIGIT_SIZE  # L
+        self._images, self._labels = load_digits(split, source)  # (N, 28, 28) uint8, (N,)
+
+    @property
+    def channels(self) -> int:
+        """C: 3 in colour mode, 1 in grayscale."""
+        return 3 if self.colour else 1
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        batch = self.get_batch([index])
+        return {key: value[0] for key, value in batch.items()}
+
+    def get_batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        """Items ``indices`` stacked on a leading batch dimension, rendered in one go.
+
+        Returns frames (B, T, C, H, W), positions and velocities (B, T, n_digits, 2),
+        labels (B, n_digits); exactly the stacked ``self[i]``.
+        """
+        if len(indices) == 0:
+            raise UserError("get_batch needs at least one index")
+        draws = [self._draw(self._check_index(i)) for i in indices]
+        pool_idx = np.stack([d[0] for d in draws])  # (B, D)
+        p0 = torch.from_numpy(np.stack([d[1] for d in draws]))  # (B, D, 2) float64
+        v0 = torch.from_numpy(np.stack([d[2] for d in draws]))  # (B, D, 2) float64
+        positions, velocities = bounce(p0, v0, self.seq_len, self.max_position)  # (B, T, D, 2)
+        positions = positions.float()  # render from the float32 values we return
+        velocities = velocities.float()
+        digits = torch.from_numpy(self._images[pool_idx]).float().div_(255.0)  # (B, D, 28, 28)
+        frames = render(digits, positions, image_size=self.image_size, colour=self.colour)
+        return {
+            "frames": frames,  # (B, T, C, H, W)
+            "positions": positions,  # (B, T, D, 2)
+            "velocities": velocities,  # (B, T, D, 2)
+            "labels": torch.from_numpy(self._labels[pool_idx]),  # (B, D) int64
+        }
+
+    def _check_index(self, index: int) -> int:
+        """A valid item index (negative counts from the end), else IndexError."""
+        i = operator.index(index)
+        if i < 0:
+            i += self.length
+        if not 0 <= i < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} items")
+        return i
+
+    def _draw(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Item ``index``'s random draws: pool indices (D,), p0 (D, 2), v0 (D, 2) float64."""
+        ss = np.random.SeedSequence([self.seed, _SPLIT_CODES[self.split], index])
+        rng = np.random.Generator(np.random.PCG64(ss))
+        D, L = self.n_digits, self.max_position
+        pool_idx = rng.integers(0, len(self._images), size=D)  # (D,)
+        if self.kinematics == "standard":
+            p0 = rng.uniform(0.0, L, size=(D, 2))
+            theta = rng.uniform(0.0, 2.0 * math.pi, size=D)  # (D,)
+            v0 = STANDARD_SPEED * np.stack([np.sin(theta), np.cos(theta)], axis=-1)  # (D, 2)
+        else:
+            p0 = rng.integers(0, L + 1, size=(D, 2)).astype(np.float64)
+            v0 = rng.integers(-INTEGER_MAX_SPEED, INTEGER_MAX_SPEED + 1, size=(D, 2))
+            v0 = v0.astype(np.float64)
+        return pool_idx, p0, v0
+
+    def __repr__(self) -> str:
+        return (
+            f"MovingMNIST(split={self.split!r}, n_digits={self.n_digits}, "
+            f"seq_len={self.seq_len}, colour={self.colour}, kinematics={self.kinematics!r}, "
+            f"image_size={self.image_size}, seed={self.seed}, length={self.length})"
+        )
+
+
+def _check_int(name: str, value: int, lo: int, hi: int | None = None) -> int:
+    """``value`` as an int in ``[lo, hi]``, else a UserError saying what is allowed."""
+    allowed = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
+    if isinstance(value, bool):
+        raise UserError(f"{name} must be {allowed}, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise UserError(f"{name} must be {allowed}, got {value!r}") from None
+    if v < lo or (hi is not None and v > hi):
+        raise UserError(f"{name} must be {allowed}, got {v}")
+    return v

@@ -1,0 +1,163 @@
+"""The factored temporal VAE: filter a video through the posterior, decode, roll the prior out.
+
+Shapes: frames (B, T, C, H, W); latents and their statistics (B, T, K, d).
+The image networks run once over all B·T frames (the encoder before the loop over
+time, the decoder after it); the loop over time is the only sequential part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from indpred.config import ModelConfig
+from indpred.model.decoder import Decoder
+from indpred.model.encoder import Encoder
+from indpred.model.posterior import Posterior
+from indpred.model.transition import FactoredTransition
+
+
+@dataclass
+class Filtered:
+    """What one pass of the posterior over a video produced; every field is (B, T, K, d).
+
+    ``prior_*`` at t holds p(z_t | z_{t-1}) evaluated at the sampled z_{t-1}
+    (N(0, I) at the first step), so that KL(q_t || p_t) is the ELBO's KL term.
+    """
+
+    z: Tensor
+    post_mean: Tensor
+    post_logvar: Tensor
+    prior_mean: Tensor
+    prior_logvar: Tensor
+
+
+class FactoredVAE(nn.Module):
+    """K parallel Markov chains of d units, a shared image encoder and a shared generator."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        bounds = (c.logvar_min, c.logvar_max)
+        self.encoder = Encoder(in_channels=c.channels, width=c.width, out_dim=c.enc_dim)
+        self.posterior = Posterior(enc_dim=c.enc_dim, z_dim=c.z_dim, logvar_bounds=bounds)
+        self.transition = FactoredTransition(
+            factors=c.factors, factor_dim=c.factor_dim, hidden=c.transition_hidden,
+            layers=c.transition_layers, logvar_bounds=bounds,
+        )
+        self.decoder = Decoder(
+            z_dim=c.z_dim, out_channels=c.channels, width=c.width, output=c.decoder_output
+        )
+
+    @property
+    def factors(self) -> int:
+        return self.config.factors
+
+    @property
+    def factor_dim(self) -> int:
+        return self.config.factor_dim
+
+    def _check_frames(self, frames: Tensor) -> None:
+        c = self.config
+        if frames.dim() != 5 or tuple(frames.shape[2:]) != (c.channels, c.image_size, c.image_size):
+            raise ValueError(
+                f"expected frames of shape (B, T, {c.channels}, {c.image_size}, {c.image_size}), "
+                f"got {tuple(frames.shape)}"
+            )
+
+    def encode_frames(self, frames: Tensor) -> Tensor:
+        """Image features of every frame at once: (B, T, C, H, W) → (B, T, enc_dim)."""
+        self._check_frames(frames)
+        B, T = frames.shape[:2]
+        return self.encoder(frames.flatten(0, 1)).unflatten(0, (B, T))  # (B, T, enc_dim)
+
+    def prior(self, z_prev: Tensor) -> tuple[Tensor, Tensor]:
+        """p(z_t | z_{t-1}): mean and log-variance (B, K, d) from the previous state (B, K, d)."""
+        return self.transition(z_prev)
+
+    def _posterior_input(self, z_prev: Tensor, prior_mean: Tensor, prior_logvar: Tensor):
+        """The prior prediction as the posterior sees it: parameters never updated through it."""
+        if self.config.posterior_prior_grad == "none":
+            return prior_mean.detach(), prior_logvar.detach()
+        return self.transition(z_prev, detach_params=True)  # gradient reaches z_prev only
+
+    def filter(
+        self,
+        frames: Tensor,
+        *,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        sample: bool = True,
+    ) -> Filtered:
+        """Run q(z_t | z_{t-1}, x_t) along the video, t = 1..T.
+
+        ``noise`` (B, T, K, d) fixes the reparameterisation noise; otherwise it is drawn
+        from ``generator``. With ``sample=False`` each state is the posterior mean.
+        """
+        features = self.encode_frames(frames)  # (B, T, enc_dim)
+        B, T = features.shape[:2]
+        K, d = self.factors, self.factor_dim
+        if noise is None and sample:
+            noise = torch.randn(B, T, K, d, device=frames.device, generator=generator)
+        zeros = features.new_zeros(B, K, d)
+        z_prev: Tensor | None = None
+        out: dict[str, list[Tensor]] = {k: [] for k in ("z", "qm", "qv", "pm", "pv")}
+        for t in range(T):
+            if z_prev is None:  # t = 1: N(0, I) prior, zero vectors as the posterior's view of it
+                prior_mean, prior_logvar = zeros, zeros
+                seen_mean, seen_std = zeros, zeros
+            else:
+                prior_mean, prior_logvar = self.transition(z_prev)  # (B, K, d)
+                seen_mean, seen_logvar = self._posterior_input(z_prev, prior_mean, prior_logvar)
+                seen_std = torch.exp(0.5 * seen_logvar)
+            post_mean, post_logvar = self.posterior(
+                features[:, t], seen_mean.flatten(1), seen_std.flatten(1)
+            )  # (B, K·d) each
+            post_mean = post_mean.unflatten(1, (K, d))  # (B, K, d)
+            post_logvar = post_logvar.unflatten(1, (K, d))  # (B, K, d)
+            if sample:
+                z = post_mean + torch.exp(0.5 * post_logvar) * noise[:, t]  # (B, K, d)
+            else:
+                z = post_mean
+            for key, value in zip(out, (z, post_mean, post_logvar, prior_mean, prior_logvar)):
+                out[key].append(value)
+            z_prev = z
+        z, qm, qv, pm, pv = (torch.stack(out[k], dim=1) for k in out)  # (B, T, K, d) each
+        return Filtered(z=z, post_mean=qm, post_logvar=qv, prior_mean=pm, prior_logvar=pv)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Pixel means g(z) of every frame at once: (B, T, K, d) → (B, T, C, H, W)."""
+        B, T = z.shape[:2]
+        return self.decoder(z.flatten(0, 1).flatten(1)).unflatten(0, (B, T))
+
+    @torch.no_grad()
+    def encode(self, frames: Tensor, *, sample: bool = False,
+               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The inference network alone: posterior means and variances (B, T, K, d).
+
+        Each step's estimate uses the frames up to it (filtering). With ``sample=False``
+        the state carried forward is the posterior mean, so the result is deterministic.
+        """
+        f = self.filter(frames, sample=sample, generator=generator)
+        return f.post_mean, torch.exp(f.post_logvar)
+
+    @torch.no_grad()
+    def rollout(
+        self, z_last: Tensor, steps: int, *, sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Roll the learned prior forward from a state (B, K, d): returns (B, steps, K, d)."""
+        zs = []
+        z = z_last
+        for _ in range(steps):
+            mean, logvar = self.transition(z)  # (B, K, d)
+            if sample:
+                eps = torch.randn(mean.shape, device=mean.device, generator=generator)
+                z = mean + torch.exp(0.5 * logvar) * eps
+            else:
+                z = mean
+            zs.append(z)
+        return torch.stack(zs, dim=1)  # (B, steps, K, d)

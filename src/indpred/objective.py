@@ -1,0 +1,94 @@
+"""The evidence lower bound, term by term (SPEC §1).
+
+All functions broadcast and return element-wise terms; callers sum over the axes
+they mean. Nothing here knows about networks: :func:`elbo_terms` takes what the
+sequential model's filter produced.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from indpred.model.vae import FactoredVAE
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor | float) -> Tensor:
+    """Element-wise ``log N(x; mean, exp(logvar))``, Gaussian constant included."""
+    logvar = torch.as_tensor(logvar, dtype=mean.dtype, device=mean.device)
+    return -0.5 * (LOG_2PI + logvar + (x - mean).square() * torch.exp(-logvar))
+
+
+def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
+    """Element-wise ``KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2)))`` in nats."""
+    return 0.5 * (
+        logvar2 - logvar1 + (torch.exp(logvar1) + (mean1 - mean2).square()) * torch.exp(-logvar2) - 1.0
+    )
+
+
+@dataclass
+class ElboTerms:
+    """Per-sequence ELBO terms in nats **per frame** (sequence totals divided by T).
+
+    ``elbo = log_likelihood - kl.sum(-1)``; ``kl`` keeps one column per factor.
+    """
+
+    log_likelihood: Tensor  # (B,)
+    kl: Tensor  # (B, K)
+
+    @property
+    def elbo(self) -> Tensor:  # (B,)
+        return self.log_likelihood - self.kl.sum(-1)
+
+    def summary(self) -> dict[str, float | list[float]]:
+        """Batch means as plain numbers, for logs and JSON."""
+        return {
+            "elbo": self.elbo.mean().item(),
+            "log_likelihood": self.log_likelihood.mean().item(),
+            "kl": self.kl.mean(0).tolist(),
+        }
+
+
+def elbo_terms(
+    frames: Tensor,
+    x_mean: Tensor,
+    obs_logvar: float,
+    post_mean: Tensor,
+    post_logvar: Tensor,
+    prior_mean: Tensor,
+    prior_logvar: Tensor,
+) -> ElboTerms:
+    """ELBO terms of a batch of sequences, with single-sample expectations.
+
+    frames, x_mean: (B, T, C, H, W); posterior and prior statistics: (B, T, K, d).
+    The KL is analytic given the sampled ``z_{t-1}`` that the prior was computed from.
+    """
+    T = frames.shape[1]
+    ll = gaussian_log_likelihood(frames.float(), x_mean.float(), obs_logvar)  # (B, T, C, H, W)
+    ll = ll.flatten(1).sum(1) / T  # (B,)
+    kl = normal_kl(post_mean.float(), post_logvar.float(), prior_mean.float(), prior_logvar.float())
+    kl = kl.sum(dim=(1, 3)) / T  # (B, K)
+    return ElboTerms(log_likelihood=ll, kl=kl)
+
+
+def sequence_elbo(
+    model: FactoredVAE,
+    frames: Tensor,
+    *,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> ElboTerms:
+    """One-sample ELBO terms of a batch of videos (B, T, C, H, W) under ``model``."""
+    f = model.filter(frames, noise=noise, generator=generator)
+    x_mean = model.decode(f.z)  # (B, T, C, H, W)
+    return elbo_terms(
+        frames, x_mean, math.log(model.config.obs_var),
+        f.post_mean, f.post_logvar, f.prior_mean, f.prior_logvar,
+    )

@@ -1,0 +1,164 @@
+"""Shapes, factor independence, the posterior's gradient path, and the batched image nets."""
+
+import pytest
+import torch
+
+from indpred.config import ModelConfig
+from indpred.model import FactoredVAE
+from indpred.model.layers import soft_clamp
+from indpred.model.transition import FactoredTransition
+from indpred.objective import sequence_elbo
+
+
+def small(**kw) -> ModelConfig:
+    base = dict(factors=2, factor_dim=3, width=0.125, channels=3, transition_hidden=16)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.mark.parametrize("K", [1, 2, 4])
+def test_shapes(K):
+    torch.manual_seed(0)
+    model = FactoredVAE(small(factors=K, factor_dim=5))
+    B, T = 3, 4
+    x = torch.rand(B, T, 3, 64, 64)
+    f = model.filter(x)
+    for t in (f.z, f.post_mean, f.post_logvar, f.prior_mean, f.prior_logvar):
+        assert t.shape == (B, T, K, 5)
+    assert model.decode(f.z).shape == (B, T, 3, 64, 64)
+    terms = sequence_elbo(model, x)
+    assert terms.log_likelihood.shape == (B,) and terms.kl.shape == (B, K)
+    mean, var = model.encode(x)
+    assert mean.shape == var.shape == (B, T, K, 5) and (var > 0).all()
+    assert model.rollout(f.z[:, -1], 6).shape == (B, 6, K, 5)
+
+
+def test_first_step_prior_is_standard_normal():
+    model = FactoredVAE(small())
+    f = model.filter(torch.rand(2, 3, 3, 64, 64))
+    assert (f.prior_mean[:, 0] == 0).all() and (f.prior_logvar[:, 0] == 0).all()
+
+
+def test_wrong_frame_shape_is_refused():
+    model = FactoredVAE(small())
+    with pytest.raises(ValueError, match="expected frames of shape"):
+        model.filter(torch.rand(2, 3, 1, 64, 64))
+
+
+def test_transition_factor_j_ignores_factor_i():
+    torch.manual_seed(0)
+    tr = FactoredTransition(factors=4, factor_dim=3, hidden=8, layers=4)
+    z = torch.randn(5, 4, 3)
+    jac_mean, jac_logvar = torch.autograd.functional.jacobian(lambda z: tr(z), z)
+    # jac[b, j, :, b', i, :] = d out[b, j] / d z[b', i]
+    for jac in (jac_mean, jac_logvar):
+        for j in range(4):
+            for i in range(4):
+                block = jac[:, j, :, :, i, :]
+                if i != j:
+                    assert (block == 0).all()
+                else:
+                    assert block.abs().sum() > 0
+
+
+def test_batched_transition_equals_one_mlp_per_factor():
+    torch.manual_seed(1)
+    tr = FactoredTransition(factors=3, factor_dim=2, hidden=8, layers=4)
+    z = torch.randn(6, 3, 2)
+    mean, logvar = tr(z)
+    for k in range(3):
+        h = z[:, k]
+        for i, (w, b) in enumerate(zip(tr.weights, tr.biases)):
+            h = h @ w[k] + b[k]
+            if i < len(tr.weights) - 1:
+                h = torch.nn.functional.selu(h)
+        torch.testing.assert_close(mean[:, k], h[:, :2])
+        torch.testing.assert_close(logvar[:, k], soft_clamp(h[:, 2:], -10.0, 5.0))
+
+
+def test_soft_clamp_bounds_and_is_near_identity_inside():
+    x = torch.linspace(-100, 100, 2001)
+    y = soft_clamp(x, -10.0, 5.0)
+    assert (y >= -10).all() and (y <= 5).all() and (y.diff() >= 0).all()
+    middle = (x > -7) & (x < 1)
+    assert (y[middle] - x[middle]).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("mode", ["state", "none"])
+def test_posterior_path_never_updates_transition(mode):
+    torch.manual_seed(2)
+    model = FactoredVAE(small(posterior_prior_grad=mode))
+    f = model.filter(torch.rand(2, 3, 3, 64, 64))
+    # A loss on the posterior alone (at t >= 2 it sees the prior's prediction).
+    f.post_mean[:, 1:].sum().add(f.post_logvar[:, 1:].sum()).backward()
+    for p in model.transition.parameters():
+        assert p.grad is None or (p.grad == 0).all()
+    assert model.posterior.from_mean.weight.grad.abs().sum() > 0
+    # "state": the gradient still reaches z_{t-1} (hence the encoder through step 1).
+    enc_grad = model.encoder.net[0].weight.grad
+    assert enc_grad is not None and enc_grad.abs().sum() > 0
+
+
+def test_state_mode_passes_gradient_to_previous_state_none_mode_does_not():
+    torch.manual_seed(3)
+    grads = {}
+    for mode in ("state", "none"):
+        model = FactoredVAE(small(posterior_prior_grad=mode))
+        feats = torch.randn(2, 2, 32)
+        z1 = torch.randn(2, 2, 3, requires_grad=True)
+        pm, plv = model.transition(z1)
+        seen_m, seen_lv = model._posterior_input(z1, pm, plv)
+        out, _ = model.posterior(feats[:, 1], seen_m.flatten(1), (0.5 * seen_lv).exp().flatten(1))
+        out.sum().backward()
+        grads[mode] = z1.grad
+    assert grads["state"].abs().sum() > 0
+    assert grads["none"] is None or (grads["none"] == 0).all()
+
+
+def test_kl_term_trains_the_transition():
+    model = FactoredVAE(small())
+    sequence_elbo(model, torch.rand(2, 3, 3, 64, 64)).elbo.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.transition.parameters())
+
+
+def test_image_networks_run_once_over_all_frames():
+    model = FactoredVAE(small())
+    calls = {"encoder": [], "decoder": []}
+    model.encoder.register_forward_hook(lambda m, i, o: calls["encoder"].append(i[0].shape[0]))
+    model.decoder.register_forward_hook(lambda m, i, o: calls["decoder"].append(i[0].shape[0]))
+    sequence_elbo(model, torch.rand(3, 5, 3, 64, 64))
+    assert calls == {"encoder": [15], "decoder": [15]}
+
+
+def test_encode_uses_inference_network_only_and_is_deterministic():
+    torch.manual_seed(4)
+    model = FactoredVAE(small()).eval()
+    model.decoder.register_forward_hook(lambda *a: pytest.fail("encode must not run the decoder"))
+    x = torch.rand(2, 4, 3, 64, 64)
+    m1, v1 = model.encode(x)
+    m2, v2 = model.encode(x)
+    assert torch.equal(m1, m2) and torch.equal(v1, v2)
+    # filtering: the estimate at t depends on frames up to t only
+    x2 = x.clone()
+    x2[:, 3] = torch.rand_like(x2[:, 3])
+    m3, _ = model.encode(x2)
+    assert torch.equal(m1[:, :3], m3[:, :3]) and not torch.equal(m1[:, 3], m3[:, 3])
+
+
+def test_fixed_noise_makes_the_elbo_reproducible():
+    torch.manual_seed(5)
+    model = FactoredVAE(small())
+    x = torch.rand(2, 3, 3, 64, 64)
+    noise = torch.randn(2, 3, 2, 3)
+    a = sequence_elbo(model, x, noise=noise).elbo
+    b = sequence_elbo(model, x, noise=noise).elbo
+    torch.testing.assert_close(a, b)
+
+
+def test_width_one_has_the_papers_channels():
+    model = FactoredVAE(ModelConfig(factors=2, factor_dim=16, width=1.0))
+    convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 128, 256, 512, 32]
+    deconvs = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [c.out_channels for c in deconvs] == [512, 256, 128, 64, 3]
+    assert deconvs[0].in_channels == 32

@@ -1,0 +1,260 @@
+"""Tests for indpred.data.moving_mnist: kinematics, rendering, determinism, arguments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from indpred.data import MovingMNIST, load_digits
+from indpred.data.moving_mnist import STANDARD_SPEED, bounce, render
+from indpred.errors import UserError
+
+L64 = 64 - 28
+
+
+def make(**kwargs) -> MovingMNIST:
+    """A small dataset on the embedded digits (never a user's INDPRED_MNIST_DIR)."""
+    kwargs.setdefault("source", "embedded")
+    kwargs.setdefault("length", 1000)
+    return MovingMNIST(**kwargs)
+
+
+def simulate(p: float, v: float, T: int, L: float) -> tuple[list[float], list[float]]:
+    """One axis, step by step: move, reflect off an edge; on an edge, leave inward."""
+    positions, velocities = [], []
+    for _ in range(T):
+        if (p <= 0 and v < 0) or (p >= L and v > 0):
+            v = -v
+        positions.append(p)
+        velocities.append(v)
+        p = p + v
+        if p < 0:
+            p, v = -p, -v
+        elif p > L:
+            p, v = 2 * L - p, -v
+    return positions, velocities
+
+
+def fold(x: torch.Tensor, L: float) -> torch.Tensor:
+    """Reflect values at most one canvas beyond an edge back into [0, L]."""
+    x = torch.where(x < 0, -x, x)
+    return torch.where(x > L, 2 * L - x, x)
+
+
+def box_mask(top_left: torch.Tensor, size: int = 64) -> torch.Tensor:
+    """(size, size) bool: the 28x28 box with the given integer top-left (row, col)."""
+    r, c = (int(x) for x in top_left)
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[r : r + 28, c : c + 28] = True
+    return mask
+
+
+# --- kinematics -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("integer", [False, True])
+def test_bounce_matches_step_by_step_simulation(integer: bool) -> None:
+    rng = np.random.default_rng(1)
+    T, L, n = 100, 36.0, 40
+    if integer:
+        p0 = rng.integers(0, 37, size=(n, 2)).astype(float)
+        v0 = rng.integers(-4, 5, size=(n, 2)).astype(float)
+        p0[:4] = [[0, 0], [36, 36], [0, 36], [36, 0]]  # starts on edges, moving either way
+    else:
+        p0 = rng.uniform(0, L, size=(n, 2))
+        v0 = rng.normal(size=(n, 2)) * 5
+    pos, vel = bounce(torch.from_numpy(p0), torch.from_numpy(v0), T, L)
+    assert pos.shape == vel.shape == (T, n, 2)
+    for i in range(n):
+        for axis in range(2):
+            sp, sv = simulate(p0[i, axis], v0[i, axis], T, L)
+            np.testing.assert_allclose(pos[:, i, axis].numpy(), sp, atol=1e-4)
+            np.testing.assert_allclose(vel[:, i, axis].numpy(), sv, atol=1e-4)
+
+
+def test_bounce_batch_shape_and_still_canvas() -> None:
+    p0 = torch.zeros(5, 3, 2)
+    pos, vel = bounce(p0, torch.ones(5, 3, 2), 7, 36)
+    assert pos.shape == vel.shape == (5, 7, 3, 2)
+    pos, vel = bounce(p0, torch.ones(5, 3, 2), 7, 0)
+    assert not pos.any() and not vel.any()
+
+
+def test_standard_kinematics_physics() -> None:
+    T = 100
+    b = make(seq_len=T, n_digits=3, colour=False).get_batch(range(16))
+    pos, vel = b["positions"].double(), b["velocities"].double()  # (B, T, D, 2)
+    assert pos.min() >= 0 and pos.max() <= L64
+    np.testing.assert_allclose(vel.norm(dim=-1).numpy(), STANDARD_SPEED, atol=1e-5)
+    torch.testing.assert_close(fold(pos[:, :-1] + vel[:, :-1], L64), pos[:, 1:], atol=1e-4, rtol=0)
+    step = pos[:, 1:] - pos[:, :-1]
+    flipped = torch.sign(vel[:, 1:]) != torch.sign(vel[:, :-1])  # a bounce on that axis
+    assert flipped.sum() > 50  # reflections do occur over 100 frames
+    torch.testing.assert_close(step[~flipped], vel[:, :-1][~flipped], atol=1e-4, rtol=0)
+    torch.testing.assert_close(vel[:, 1:][flipped], -vel[:, :-1][flipped], atol=1e-6, rtol=0)
+    # an independent step-by-step simulation from frame 0 agrees with the closed form
+    for i in range(4):
+        for k in range(3):
+            for axis in range(2):
+                sp, sv = simulate(float(pos[i, 0, k, axis]), float(vel[i, 0, k, axis]), T, L64)
+                np.testing.assert_allclose(pos[i, :, k, axis].numpy(), sp, atol=1e-4)
+                np.testing.assert_allclose(vel[i, :, k, axis].numpy(), sv, atol=1e-4)
+
+
+def test_standard_start_and_direction_are_spread() -> None:
+    b = make(seq_len=1, n_digits=1, colour=False).get_batch(range(400))
+    p0, v0 = b["positions"][:, 0, 0], b["velocities"][:, 0, 0]  # (400, 2)
+    assert abs(p0.mean().item() - L64 / 2) < 2.0
+    assert p0.min() < 2 and p0.max() > L64 - 2
+    angles = torch.atan2(v0[:, 0], v0[:, 1])
+    counts = torch.histc(angles, bins=8, min=-np.pi, max=np.pi)
+    assert counts.min() > 20  # about 50 per octant
+
+
+def test_integer_kinematics() -> None:
+    T = 100
+    b = make(seq_len=T, kinematics="integer").get_batch(range(32))
+    pos, vel = b["positions"], b["velocities"]
+    assert torch.equal(pos, pos.round()) and torch.equal(vel, vel.round())
+    assert pos.min() >= 0 and pos.max() <= L64
+    assert vel.abs().max() <= 4
+    assert set(vel[:, 0].flatten().tolist()) == set(range(-4, 5))
+    assert torch.equal(vel.abs(), vel[:, :1].abs().expand_as(vel))  # speed per axis constant
+    assert torch.equal(fold(pos[:, :-1] + vel[:, :-1], L64), pos[:, 1:])
+    assert (torch.sign(vel[:, 1:]) != torch.sign(vel[:, :-1])).any()
+
+
+# --- rendering ------------------------------------------------------------------------
+
+
+def test_render_places_digit_at_rounded_position_half_to_even() -> None:
+    digit = torch.rand(1, 1, 28, 28) + 0.1  # nonzero everywhere
+    positions = torch.tensor([[2.5, 3.5], [0.49, 35.5], [1.51, 0.0]]).view(1, 3, 1, 2)
+    frames = render(digit, positions, image_size=64, colour=False)  # (1, 3, 1, 64, 64)
+    for t, (r, c) in enumerate([(2, 4), (0, 36), (2, 0)]):
+        expected = torch.zeros(64, 64)
+        expected[r : r + 28, c : c + 28] = digit[0, 0]
+        assert torch.equal(frames[0, t, 0], expected)
+
+
+def test_colour_channels_hold_one_translated_digit_each() -> None:
+    ds = make(seq_len=20)
+    pool, pool_labels = load_digits("train", "embedded")
+    pool_bytes = {bytes(im): int(lab) for im, lab in zip(pool, pool_labels, strict=True)}
+    for i in range(6):
+        item = ds[i]
+        frames, pos = item["frames"], item["positions"]  # (T, 3, 64, 64), (T, 2, 2)
+        assert frames.shape == (20, 3, 64, 64) and frames.dtype == torch.float32
+        assert not frames[:, 2].any()  # blue empty with two digits
+        top_left = torch.round(pos).long()
+        for k in range(2):
+            patches = []
+            for t in range(20):
+                mask = box_mask(top_left[t, k])
+                assert not frames[t, k][~mask].any()
+                r, c = top_left[t, k].tolist()
+                patches.append(frames[t, k, r : r + 28, c : c + 28])
+            assert all(torch.equal(p, patches[0]) for p in patches)
+            digit = (patches[0] * 255).round().to(torch.uint8).numpy()
+            assert pool_bytes[bytes(digit)] == item["labels"][k].item()  # a pool digit
+
+
+def test_three_digits_fill_blue_and_test_split_uses_test_pool() -> None:
+    ds = make(split="test", n_digits=3, seq_len=2)
+    test_bytes = {bytes(im) for im in load_digits("test", "embedded")[0]}
+    item = ds[3]
+    for k in range(3):
+        r, c = torch.round(item["positions"][0, k]).long().tolist()
+        patch = (item["frames"][0, k, r : r + 28, c : c + 28] * 255).round().to(torch.uint8)
+        assert patch.any()
+        assert bytes(patch.numpy()) in test_bytes
+
+
+def test_grayscale_is_max_of_colour_channels() -> None:
+    for kinematics in ("standard", "integer"):
+        colour = make(kinematics=kinematics, seed=7).get_batch(range(8))
+        gray = make(kinematics=kinematics, seed=7, colour=False).get_batch(range(8))
+        assert gray["frames"].shape == (8, 10, 1, 64, 64)
+        assert torch.equal(gray["frames"][:, :, 0], colour["frames"].amax(dim=2))
+        for key in ("positions", "velocities", "labels"):
+            assert torch.equal(gray[key], colour[key])
+
+
+def test_frames_range_and_other_canvas_sizes() -> None:
+    b = make(n_digits=1, image_size=100, seq_len=5, colour=False).get_batch([0, 1])
+    assert b["frames"].shape == (2, 5, 1, 100, 100)
+    assert b["positions"].max() <= 72
+    b = make(image_size=28, seq_len=3).get_batch([0])
+    assert not b["positions"].any()
+    f = make().get_batch(range(4))["frames"]
+    assert f.dtype == torch.float32 and f.min() == 0 and 0.9 < f.max() <= 1
+
+
+# --- determinism ----------------------------------------------------------------------
+
+
+def test_same_seed_and_index_give_the_same_item_elsewhere() -> None:
+    a, b = make(seed=3), make(seed=3, length=50)
+    for key, value in a[17].items():
+        assert torch.equal(value, b[17][key])
+    assert not torch.equal(a[17]["frames"], a[18]["frames"])
+    assert not torch.equal(a[17]["positions"], make(seed=4)[17]["positions"])
+    assert not torch.equal(a[17]["positions"], make(seed=3, split="test")[17]["positions"])
+    assert torch.equal(a[-1]["frames"], a[999]["frames"])
+
+
+def test_get_batch_equals_stacked_items() -> None:
+    ds = make(kinematics="integer", n_digits=3, colour=False)
+    idx = [5, 0, 5, 42]
+    batch = ds.get_batch(idx)
+    assert batch["frames"].shape == (4, 10, 1, 64, 64)
+    assert batch["positions"].shape == batch["velocities"].shape == (4, 10, 3, 2)
+    assert batch["labels"].shape == (4, 3) and batch["labels"].dtype == torch.int64
+    for key in batch:
+        assert torch.equal(batch[key], torch.stack([ds[i][key] for i in idx]))
+
+
+def test_dataloader_workers_agree() -> None:
+    ds = make(length=12, seed=11)
+    loader = DataLoader(ds, batch_size=4, num_workers=2, shuffle=False)
+    batches = list(loader)
+    assert len(batches) == 3
+    for j, batch in enumerate(batches):
+        expected = ds.get_batch(range(4 * j, 4 * j + 4))
+        for key in expected:
+            assert torch.equal(batch[key], expected[key])
+
+
+# --- arguments ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n_digits": 0},
+        {"n_digits": 4},
+        {"n_digits": 4, "colour": False},
+        {"n_digits": 1.5},
+        {"seq_len": 0},
+        {"image_size": 27},
+        {"kinematics": "brownian"},
+        {"split": "valid"},
+        {"seed": -1},
+        {"length": 0},
+    ],
+)
+def test_bad_arguments(kwargs: dict) -> None:
+    with pytest.raises(UserError):
+        make(**kwargs)
+
+
+def test_index_and_batch_errors() -> None:
+    ds = make(length=5)
+    with pytest.raises(IndexError):
+        ds[5]
+    with pytest.raises(UserError):
+        ds.get_batch([])
+    with pytest.raises(TypeError):
+        MovingMNIST(2)  # keyword-only
