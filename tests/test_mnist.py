@@ -86,8 +86,8 @@ def test_idx_folder_contents() -> None:
     assert test_labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert train.mean() == pytest.approx(33.318, abs=1e-3)
     assert test.mean() == pytest.approx(33.791, abs=1e-3)
-    assert np.bincount(test_labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028,
-                                                 974, 1009]
+    test_counts = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert np.bincount(test_labels).tolist() == test_counts
 
 
 @needs_idx
@@ -100,8 +100,7 @@ def test_idx_folder_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @needs_idx
 def test_uncompressed_files_accepted(tmp_path: Path) -> None:
     for name in MD5:
-        (tmp_path / name.removesuffix(".gz")).write_bytes(gzip.decompress(
-            (MNIST_DIR / name).read_bytes()))
+        (tmp_path / name.removesuffix(".gz")).write_bytes(gzip.decompress((MNIST_DIR / name).read_bytes()))
     images, labels = load_digits("test", tmp_path)
     ref_images, ref_labels = load_digits("test", MNIST_DIR)
     np.testing.assert_array_equal(images, ref_images)
@@ -133,12 +132,15 @@ def test_corrupted_gz_mentions_md5(tmp_path: Path) -> None:
     assert "t10k-images-idx3-ubyte.gz" in str(info.value)
     assert "download-mnist" in str(info.value)
     assert "\n" not in str(info.value)
+    target.write_bytes(bytes(data[: len(data) // 2]))  # a truncated download
+    with pytest.raises(UserError, match="md5"):
+        load_digits("test", folder)
 
 
 def test_missing_folder_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         load_digits("train", tmp_path / "nowhere")
-    with pytest.raises(UserError, match="train-images-idx3-ubyte.gz.*missing"):
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte\.gz.*missing"):
         load_digits("train", tmp_path)
 
 

@@ -21,10 +21,11 @@ def make(**kwargs) -> MovingMNIST:
     return MovingMNIST(**kwargs)
 
 
-def simulate(p: float, v: float, T: int, L: float) -> tuple[list[float], list[float]]:
-    """One axis, step by step: move, reflect off an edge; on an edge, leave inward."""
+def simulate(p: float, v: float, n_frames: int, edge: float) -> tuple[list[float], list[float]]:
+    """One axis in [0, edge], step by step: move, reflect off an edge; on an edge, leave inward."""
+    L = edge
     positions, velocities = [], []
-    for _ in range(T):
+    for _ in range(n_frames):
         if (p <= 0 and v < 0) or (p >= L and v > 0):
             v = -v
         positions.append(p)
@@ -37,8 +38,9 @@ def simulate(p: float, v: float, T: int, L: float) -> tuple[list[float], list[fl
     return positions, velocities
 
 
-def fold(x: torch.Tensor, L: float) -> torch.Tensor:
-    """Reflect values at most one canvas beyond an edge back into [0, L]."""
+def fold(x: torch.Tensor, edge: float) -> torch.Tensor:
+    """Reflect values at most one canvas beyond an edge back into [0, edge]."""
+    L = edge
     x = torch.where(x < 0, -x, x)
     return torch.where(x > L, 2 * L - x, x)
 

@@ -67,7 +67,7 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
             state.setdefault(int(idx), {})[name] = value
     for idx, entry in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(entry)
-    return {"state": state, "param_groups": meta["param_groups"]}
+    return {"state": dict(sorted(state.items())), "param_groups": meta["param_groups"]}
 
 
 def save_checkpoint(

@@ -41,9 +41,8 @@ TRAIN_STREAM_LENGTH = 2**31 - 1  # the training stream is, in practice, endless
 
 def make_datasets(data: DataConfig) -> tuple[MovingMNIST, MovingMNIST]:
     """The training stream and the fixed test set described by ``data``."""
-    source = None if data.mnist == "embedded" else data.mnist
     common = dict(n_digits=data.n_digits, seq_len=data.seq_len, colour=data.colour,
-                  kinematics=data.kinematics, seed=data.seed, source=source)
+                  kinematics=data.kinematics, seed=data.seed, source=data.mnist)
     train = MovingMNIST(split="train", length=TRAIN_STREAM_LENGTH, **common)
     test = MovingMNIST(split="test", length=data.test_sequences, **common)
     return train, test

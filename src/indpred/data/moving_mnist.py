@@ -11,10 +11,11 @@ Conventions (all positions and velocities are (row, col) in pixels):
   always in ``[0, L]`` with ``L = image_size - 28``.
 * ``velocities[t, k]`` is the velocity the digit leaves frame t with: if frame t
   sits exactly on an edge it already points back inside. So per axis
-  ``positions[t+1] = fold(positions[t] + velocities[t])``, where ``fold`` reflects
-  into ``[0, L]`` (``x < 0 -> -x``, ``x > L -> 2L - x``); without a bounce between
-  the two frames this is ``positions[t] + velocities[t]``, and a bounce flips the
-  sign of that axis' velocity (``velocities[t+1] = -velocities[t]``).
+  ``positions[t+1] = fold(positions[t] + velocities[t])``, where ``fold`` is the
+  triangle wave of period 2L onto ``[0, L]`` (when the speed is at most L, one
+  reflection: ``x < 0 -> -x``, ``x > L -> 2L - x``); without a bounce between the
+  two frames this is ``positions[t] + velocities[t]``, and a bounce flips the sign
+  of that axis' velocity (``velocities[t+1] = -velocities[t]``).
 * The digit is drawn with its top-left at ``torch.round(positions)`` of the float32
   positions returned, i.e. round half to even.
 """
@@ -64,8 +65,9 @@ def bounce(p0: Tensor, v0: Tensor, T: int, L: float) -> tuple[Tensor, Tensor]:
     triangle wave of period 2L: with ``m = u mod 2L``, the position is ``m`` on
     the way out (``m < L``, velocity ``+v0``) and ``2L - m`` on the way back
     (velocity ``-v0``). The returned velocity at frame t is the one carried to
-    frame t+1 (see the module docstring). ``L == 0`` gives zero positions and
-    velocities (a digit filling the canvas cannot move).
+    frame t+1 (see the module docstring): on an edge it already points inside.
+    ``L == 0`` gives zero positions and velocities (a digit filling the canvas
+    cannot move).
 
     Args:
         p0: start positions (..., D, 2), in ``[0, L]``.
@@ -88,8 +90,10 @@ def bounce(p0: Tensor, v0: Tensor, T: int, L: float) -> tuple[Tensor, Tensor]:
     if L == 0:
         return torch.zeros_like(u), torch.zeros_like(u)
     m = torch.remainder(u, 2 * L)  # (..., T, D, 2) in [0, 2L]
-    outward = m < L
-    positions = torch.where(outward, m, 2 * L - m)
+    # On an edge (m == 0 or m == L) the velocity leaving the frame is already
+    # reflected: decide the leg on the side of m that the motion goes to.
+    outward = torch.where(v0 >= 0, m < L, (m > 0) & (m <= L))  # (..., T, D, 2)
+    positions = torch.where(m < L, m, 2 * L - m)
     # "+ 0.0" turns the -0.0 of a reflected zero velocity into +0.0.
     velocities = torch.where(outward, v0, -v0) + 0.0  # (..., T, D, 2)
     return positions, velocities
@@ -203,6 +207,15 @@ class MovingMNIST(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         batch = self.get_batch([index])
         return {key: value[0] for key, value in batch.items()}
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Tensor]]:
+        """Items for a DataLoader batch, rendered together by :meth:`get_batch`.
+
+        torch's DataLoader calls this instead of ``__getitem__`` per index when it
+        exists; the default collate then stacks the items again.
+        """
+        batch = self.get_batch(indices)
+        return [{key: value[j] for key, value in batch.items()} for j in range(len(indices))]
 
     def get_batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
         """Items ``indices`` stacked on a leading batch dimension, rendered in one go.

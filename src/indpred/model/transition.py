@@ -8,6 +8,7 @@ on factor k's input alone, by construction.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -32,7 +33,7 @@ class FactoredTransition(nn.Module):
         super().__init__()
         sizes = [factor_dim] + [hidden] * layers + [2 * factor_dim]
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.empty(factors, n_in, n_out)) for n_in, n_out in zip(sizes, sizes[1:])
+            nn.Parameter(torch.empty(factors, n_in, n_out)) for n_in, n_out in itertools.pairwise(sizes)
         )
         self.biases = nn.ParameterList(
             nn.Parameter(torch.zeros(factors, n_out)) for n_out in sizes[1:]

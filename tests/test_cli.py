@@ -1,0 +1,118 @@
+"""The command line: smoke tests of every subcommand and a table of bad inputs."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import sys
+from contextlib import nullcontext
+
+import pytest
+
+from indpred.cli import main
+from tests.conftest import TINY
+
+SETS = [arg for kv in TINY for arg in ("--set", kv)]
+
+
+def run_cli(*argv: str) -> int:
+    return main([str(a) for a in argv])
+
+
+def test_help_runs_as_a_console_script_and_as_a_module():
+    for cmd in (["indpred", "--help"], [sys.executable, "-m", "indpred", "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "train" in out.stdout and "demo" in out.stdout
+
+
+def test_presets_lists_and_shows(capsys):
+    assert run_cli("presets") == 0
+    listed = capsys.readouterr().out
+    for name in ("mmnist-2f", "mmnist-entangled", "demo"):
+        assert name in listed
+    assert run_cli("presets", "--show", "mmnist-entangled") == 0
+    shown = capsys.readouterr().out
+    assert '"factors": 1' in shown and '"factor_dim": 32' in shown
+
+
+def test_train_then_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("train", "--preset", "demo", "--steps", 2, "--out", out, "--no-progress",
+                   *SETS) == 0
+    assert "test ELBO" in capsys.readouterr().out
+    assert run_cli("train", "--resume", "--steps", 3, "--out", out, "--no-progress") == 0
+    assert (out / "checkpoints" / "step-00000003").is_dir()
+
+
+def test_train_with_idx_mnist_folder(tmp_path, mnist_dir):
+    out = tmp_path / "run"
+    assert run_cli("train", "--steps", 1, "--out", out, "--mnist", mnist_dir, "--no-progress",
+                   *SETS) == 0
+    assert str(mnist_dir.resolve()) in (out / "config.json").read_text()
+
+
+def test_demo_trains_both_twins_and_never_overwrites(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert run_cli("demo", "--steps", 2, "--out", out, "--no-progress", *SETS) == 0
+    text = capsys.readouterr().out
+    assert "factored" in text and "entangled" in text and "test ELBO" in text
+    assert '"factors": 1' in (out / "entangled" / "config.json").read_text()
+    assert run_cli("demo", "--steps", 1, "--out", out, "--no-progress", *SETS) == 0
+    assert (tmp_path / "demo-1" / "factored" / "summary.json").is_file()
+    assert (out / "factored" / "checkpoints" / "step-00000002").is_dir()
+
+
+def corrupt_mnist(tmp_path, mnist_dir):
+    folder = tmp_path / "bad-mnist"
+    shutil.copytree(mnist_dir, folder)
+    target = folder / "t10k-labels-idx1-ubyte.gz"
+    data = bytearray(gzip.decompress(target.read_bytes()))
+    data[100] ^= 1
+    target.write_bytes(gzip.compress(bytes(data)))
+    return folder
+
+
+BAD = [
+    (["train", "--preset", "nope"], "unknown preset"),
+    (["train", "--set", "model.nope=1"], "unknown key"),
+    (["train", "--set", "nope=1"], "unknown key"),
+    (["train", "--set", "factors"], "expected key=value"),
+    (["train", "--set", "factors=two"], "expected a int"),
+    (["train", "--set", "factors=0"], "factors must be >= 1"),
+    (["train", "--set", "factor_dim=0"], "factor_dim must be >= 1"),
+    (["train", "--set", "width=0"], "width must be > 0"),
+    (["train", "--set", "width=-1"], "width must be > 0"),
+    (["train", "--set", "obs_var=0"], "obs_var"),
+    (["train", "--set", "seq_len=1"], "seq_len (T) must be >= 2"),
+    (["train", "--set", "n_digits=4"], "n_digits"),
+    (["train", "--steps", "0"], "--steps must be >= 1"),
+    (["train", "--mnist", "{tmp}/missing"], "mnist"),
+    (["train", "--mnist", "{corrupt}"], "md5"),
+    (["train", "--resume"], "not an indpred run folder"),
+    (["train"], "already exists"),
+    (["presets", "--show", "nope"], "unknown preset"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(tmp_path, mnist_dir, argv, message,
+                                                          capsys):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "config.json").write_text('{"preset": "mine"}\n')
+    (existing / "metrics.jsonl").write_text("keep me\n")
+    corrupt = corrupt_mnist(tmp_path, mnist_dir) if "{corrupt}" in argv else None
+    argv = [a.format(tmp=tmp_path, corrupt=corrupt) for a in argv]
+    out = existing if argv == ["train"] else tmp_path / "new"
+    full = [*argv, "--out", str(out), "--no-progress"] if argv[0] == "train" else argv
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) if "--steps" in argv else nullcontext():
+        code = run_cli(*full)
+        assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("indpred: error:"), err
+    assert message in err, err
+    assert "Traceback" not in err
+    assert before == {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert not (tmp_path / "new").exists()

@@ -1,0 +1,77 @@
+"""Training: the loss falls, resumption is exact, the run folder holds what it promises."""
+
+import json
+
+import pytest
+import torch
+
+from indpred.checkpoint import latest_checkpoint, read_checkpoint
+from indpred.config import RunConfig, apply_overrides
+from indpred.errors import UserError
+from indpred.run import load_model
+from indpred.train import train
+
+
+def records(run_dir, split="train"):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def test_short_training_lowers_the_loss(tmp_path, tiny_config):
+    cfg = apply_overrides(tiny_config, ["train.lr=2e-3"])
+    result = train(cfg, tmp_path / "run", steps=25, progress=False)
+    elbos = [r["elbo"] for r in records(tmp_path / "run")]
+    assert len(elbos) == 25
+    first, last = sum(elbos[:3]) / 3, sum(elbos[-3:]) / 3
+    assert last > first + 500, (first, last)  # nats per frame
+    assert result.test["sequences"] == 8 and result.step == 25
+
+
+def test_run_folder_contents_and_config_round_trip(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    train(tiny_config, run, steps=2, progress=False)
+    saved = RunConfig.load(run / "config.json")
+    assert saved.to_dict() == {**tiny_config.to_dict(), "train": {**tiny_config.to_dict()["train"],
+                                                                   "steps": 2}}
+    assert json.loads((run / "summary.json").read_text())["step"] == 2
+    assert records(run, "test")[-1]["step"] == 2
+    model = load_model(run)
+    assert not model.training and model.config == saved.model
+
+
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, tiny_config):
+    cfg = apply_overrides(tiny_config, ["train.checkpoint_every=3", "train.kl_warmup=4",
+                                        "train.lr_decay=0.5", "train.lr_decay_every=2"])
+    straight = tmp_path / "straight"
+    train(RunConfig.from_dict(cfg.to_dict()), straight, steps=6, progress=False)
+
+    split = tmp_path / "split"
+    train(RunConfig.from_dict(cfg.to_dict()), split, steps=3, progress=False)
+    # Lines logged after the checkpoint of an interrupted run are dropped on resume.
+    with (split / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 4, "split": "train", "elbo": 0.0}) + "\n")
+    train(RunConfig(), split, resume=True, steps=6, progress=False)
+
+    _, a, ta = read_checkpoint(latest_checkpoint(straight / "checkpoints"))
+    _, b, tb = read_checkpoint(latest_checkpoint(split / "checkpoints"))
+    assert a.keys() == b.keys() and ta.keys() == tb.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+    steps = [r["step"] for r in records(split)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert [r["elbo"] for r in records(split)] == [r["elbo"] for r in records(straight)]
+
+
+def test_existing_run_is_never_overwritten_without_force(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    train(tiny_config, run, steps=1, progress=False)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match="already exists"):
+        train(tiny_config, run, steps=1, progress=False)
+    assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    (run / "notes.txt").write_text("mine")
+    train(tiny_config, run, steps=2, force=True, progress=False)
+    assert (run / "notes.txt").read_text() == "mine"  # --force clears only indpred's files
+    assert latest_checkpoint(run / "checkpoints").name == "step-00000002"
