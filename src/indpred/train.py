@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,8 +175,9 @@ def train(
 
     B, T = tc.batch_size, cfg.data.seq_len
     log = (run_dir / runfolder.METRICS).open("a")
+    interactive = sys.stderr.isatty()  # in a log file, one progress line every 30 s
     bar = tqdm(total=tc.steps, initial=start, disable=not progress, unit="step",
-               dynamic_ncols=True, desc=run_dir.name)
+               dynamic_ncols=True, desc=run_dir.name, mininterval=0.1 if interactive else 30.0)
     sums = {"elbo": 0.0, "log_likelihood": 0.0, "n": 0}
     kl_sum = torch.zeros(cfg.model.factors, dtype=torch.float64)
     t_log, t0 = time.perf_counter(), time.perf_counter()
