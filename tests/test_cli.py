@@ -54,11 +54,14 @@ def test_train_with_idx_mnist_folder(tmp_path, mnist_dir):
 
 def test_demo_trains_both_twins_and_never_overwrites(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert run_cli("demo", "--steps", 2, "--out", out, "--no-progress", *SETS) == 0
+    assert run_cli("demo", "--steps", 2, "--out", out, "--no-progress", "--eval-sequences", 8, *SETS) == 0
     text = capsys.readouterr().out
-    assert "factored" in text and "entangled" in text and "test ELBO" in text
+    assert "factored" in text and "entangled" in text and "ELBO (nats/frame)" in text
+    assert "paper: Moving MNIST, two factors" in text and "report (factored)" in text
+    assert (out / "factored" / "eval" / "report.html").is_file()
+    assert (out / "comparison.md").is_file()
     assert '"factors": 1' in (out / "entangled" / "config.json").read_text()
-    assert run_cli("demo", "--steps", 1, "--out", out, "--no-progress", *SETS) == 0
+    assert run_cli("demo", "--steps", 1, "--out", out, "--no-progress", "--eval-sequences", 8, *SETS) == 0
     assert (tmp_path / "demo-1" / "factored" / "summary.json").is_file()
     assert (out / "factored" / "checkpoints" / "step-00000002").is_dir()
 

@@ -1,4 +1,4 @@
-"""The ``indpred`` command: train, demo, presets, download-mnist.
+"""The ``indpred`` command: train, demo, eval, compare, presets, download-mnist.
 
 Bad input ends with one line on stderr and exit status 2 (``--debug`` shows the traceback).
 """
@@ -75,17 +75,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if results[name].stopped_early:
             print(f"stopped; continue with: indpred train --resume --out {out / name}")
             return 130
+    from indpred.compare import write_comparison
+    from indpred.eval.evaluate import evaluate_run
+
+    for name in results:
+        evaluate_run(out / name, sequences=args.eval_sequences, iw_samples=5,
+                     progress=not args.no_progress)
+    md, md_path, _ = write_comparison([out / "factored", out / "entangled"], out / "comparison")
     print()
-    print(f"{'model':<10} {'K x d':>6} {'test ELBO (nats/frame)':>24} {'KL per factor':>16}  run")
-    for name, r in results.items():
-        cfg = base if name == "factored" else twin
-        kl = ", ".join(f"{k:.1f}" for k in r.test["kl"])
-        elbo = f"{r.test['elbo']:.1f} ± {r.test['elbo_stderr']:.1f}"
-        print(f"{name:<10} {cfg.model.factors}x{cfg.model.factor_dim:<4} {elbo:>24} "
-              f"{kl:>16}  {r.run_dir}")
+    print(md, end="")
     seconds = sum(r.seconds for r in results.values())
-    print(f"\ntrained both in {seconds / 60:.1f} min; load one with "
-          f"indpred.load_model('{out / 'factored'}')")
+    print(f"\ntrained both in {seconds / 60:.1f} min; comparison: {md_path}")
+    for name in results:
+        print(f"report ({name}): {out / name / 'eval' / 'report.html'}")
+    print(f"load a model with indpred.load_model('{out / 'factored'}')")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from indpred.eval.evaluate import evaluate_run
+
+    m = evaluate_run(args.run_dir, split=args.split, sequences=args.sequences, seed=args.seed,
+                     k=args.k, iw_samples=args.iw_samples, partitions=args.partitions,
+                     groups=args.groups, group_size=args.group_size, context=args.context,
+                     horizon=args.horizon, device=args.device, progress=not args.no_progress)
+    print(_eval_line(m))
+    print(f"report: {Path(args.run_dir) / 'eval' / 'report.html'}")
+    return 0
+
+
+def _eval_line(m: dict) -> str:
+    mi = m["mutual_information"]
+    al = m.get("alignment", {})
+    align = f", alignment {al['score']:.3f}" if al.get("score") is not None else ""
+    return (f"{m['run']}: ELBO {m['elbo']['elbo']:.1f} ± {m['elbo']['elbo_stderr']:.1f} nats/frame, "
+            f"MI same {mi['same_bits']:.2f} / cross {mi['cross_bits']:.2f} bits{align}")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from indpred.compare import write_comparison
+
+    out = Path(args.out) if args.out else Path(args.runs[0]).parent / "comparison"
+    md, md_path, json_path = write_comparison(args.runs, out)
+    print(md, end="")
+    print(f"written: {md_path}, {json_path}")
     return 0
 
 
@@ -137,8 +170,31 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: runs/demo, numbered if taken)")
     p.add_argument("--steps", type=int, help="optimiser steps per model (default: the preset's)")
     p.add_argument("--seed", type=int, help="seed of parameters, noise and data")
+    p.add_argument("--eval-sequences", type=int, default=128,
+                   help="test sequences each model is evaluated on (default 128)")
     common_data(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", help="evaluate a run: ELBO, correlation, MI, generations, report")
+    p.add_argument("run_dir", help="a run folder (from indpred train)")
+    p.add_argument("--split", default="test", choices=["test", "train"])
+    p.add_argument("--sequences", type=int, default=256, help="sequences to evaluate (default 256)")
+    p.add_argument("--seed", type=int, help="seed of the evaluation data and noise (default: the run's)")
+    p.add_argument("--k", type=int, default=3, help="neighbours of the KSG estimator (default 3)")
+    p.add_argument("--iw-samples", type=int, default=10, help="samples of the importance-weighted bound")
+    p.add_argument("--partitions", type=int, default=20, help="random partitions for an entangled run")
+    p.add_argument("--groups", type=int, help="entangled run: number of unit groups (default 2)")
+    p.add_argument("--group-size", type=int, help="entangled run: units per group (default D/groups)")
+    p.add_argument("--context", type=int, help="prediction: observed frames (default T/2)")
+    p.add_argument("--horizon", type=int, help="prediction: predicted frames (default T - context)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="the paper's Table 2 for evaluated runs, beside the paper's")
+    p.add_argument("runs", nargs="+", help="evaluated run folders")
+    p.add_argument("--out", help="output path stem (default: RUN_1/../comparison → .md and .json)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("presets", help="list the presets, or show one as JSON")
     p.add_argument("--show", metavar="NAME", help="print this preset's full config")

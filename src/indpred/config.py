@@ -194,8 +194,8 @@ def _demo() -> RunConfig:
         preset="demo",
         model=ModelConfig(factors=2, factor_dim=8, width=0.25, obs_var=0.25),
         data=DataConfig(n_digits=2, colour=True, seq_len=8, test_sequences=128),
-        train=TrainConfig(steps=1800, batch_size=16, lr=1e-3, eval_every=0,
-                          checkpoint_every=300, log_every=10),
+        train=TrainConfig(steps=1600, batch_size=16, lr=1e-3, eval_every=0,
+                          checkpoint_every=400, log_every=10),
     )
 
 

@@ -1,0 +1,58 @@
+"""Run the inference network over a dataset and keep what the metrics need.
+
+Shapes: frames (N, T, C, H, W); latents (N, T, K, d); ground truth (N, T, J, 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from indpred.model import FactoredVAE
+
+
+@dataclass
+class Latents:
+    """Posterior samples and means along every sequence, with the data's ground truth."""
+
+    samples: np.ndarray  # (N, T, K, d) z_t drawn from the filtering posterior
+    means: np.ndarray  # (N, T, K, d) posterior means (state carried forward: the mean)
+    positions: np.ndarray | None  # (N, T, J, 2), Moving MNIST only
+    velocities: np.ndarray | None  # (N, T, J, 2)
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Consecutive posterior samples (z_t, z_{t+1}) of every sequence: (N·(T−1), K, d) each."""
+        K, d = self.samples.shape[2:]
+        return (self.samples[:, :-1].reshape(-1, K, d), self.samples[:, 1:].reshape(-1, K, d))
+
+
+@torch.no_grad()
+def collect_latents(
+    model: FactoredVAE,
+    dataset,
+    *,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> Latents:
+    """Filter every sequence of ``dataset`` (in eval mode), sampling with a seeded generator."""
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    samples, means, positions, velocities = [], [], [], []
+    n = len(dataset)
+    for start in range(0, n, batch_size):
+        batch = dataset.get_batch(range(start, min(n, start + batch_size)))
+        frames = batch["frames"].to(device)  # (b, T, C, H, W)
+        samples.append(model.filter(frames, generator=generator).z.cpu().numpy())
+        means.append(model.filter(frames, sample=False).post_mean.cpu().numpy())
+        if "positions" in batch:
+            positions.append(batch["positions"].numpy())
+            velocities.append(batch["velocities"].numpy())
+    return Latents(
+        samples=np.concatenate(samples),
+        means=np.concatenate(means),
+        positions=np.concatenate(positions) if positions else None,
+        velocities=np.concatenate(velocities) if velocities else None,
+    )

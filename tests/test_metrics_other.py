@@ -1,0 +1,160 @@
+"""Lagged correlations, factor–object alignment and linear probes against known answers."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from indpred.errors import UserError
+from indpred.metrics import (
+    alignment_score,
+    block_summary,
+    chance_score,
+    lagged_correlation,
+    probe_matrix,
+    probe_r2,
+)
+
+# --- lagged correlation -------------------------------------------------------------------
+
+
+def test_lagged_correlation_matches_corrcoef():
+    rng = np.random.default_rng(0)
+    z_t = rng.normal(size=(300, 5)) * np.array([1, 10, 0.1, 3, 1]) + 2
+    z_next = 0.7 * z_t[:, ::-1] + rng.normal(size=(300, 5))
+    C = lagged_correlation(z_t, z_next)
+    expected = np.corrcoef(np.hstack([z_t, z_next]).T)[:5, 5:]
+    np.testing.assert_allclose(C, expected, atol=1e-12)
+
+
+def test_lagged_correlation_constant_column_is_nan_quietly():
+    rng = np.random.default_rng(1)
+    z_t = rng.normal(size=(100, 3))
+    z_next = rng.normal(size=(100, 3))
+    z_t[:, 1] = 4.0
+    z_next[:, 2] = -1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        C = lagged_correlation(z_t, z_next)
+    assert np.isnan(C[1]).all() and np.isnan(C[:, 2]).all()
+    assert np.isfinite(C[[0, 2]][:, [0, 1]]).all()
+
+
+def test_block_summary_hand_matrix():
+    C = np.array([[0.9, -0.7, 0.1, 0.0],
+                  [0.5, np.nan, -0.3, 0.2],
+                  [0.0, 0.2, -0.8, 0.6],
+                  [0.4, 0.0, 1.0, 0.4]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = block_summary(C, factors=2, d=2)
+    within = (0.9 + 0.7 + 0.5 + 0.8 + 0.6 + 1.0 + 0.4) / 7  # the NaN is left out
+    between = (0.1 + 0.0 + 0.3 + 0.2 + 0.0 + 0.2 + 0.4 + 0.0) / 8
+    assert s["within"] == pytest.approx(within)
+    assert s["between"] == pytest.approx(between)
+    assert s["within_minus_between"] == pytest.approx(within - between)
+    assert s["nan_entries"] == 1
+    assert block_summary(np.eye(3), factors=1, d=3)["between"] is None
+    with pytest.raises(ValueError):
+        block_summary(C, factors=3, d=2)
+
+
+# --- alignment ----------------------------------------------------------------------------
+
+
+def test_alignment_identity_and_uniform():
+    s = alignment_score(np.diag([0.5, 1.0, 2.0]))
+    assert s["score"] == pytest.approx(1.0)
+    assert s["assignment"] == [[0, 0], [1, 1], [2, 2]]
+    assert s["dominant"] == [0, 1, 2] and s["dominant_distinct"] and s["distinct"]
+    u = alignment_score(np.full((4, 4), 0.3))
+    assert u["score"] == pytest.approx(0.25) == chance_score(4)
+    assert u["chance"] == pytest.approx(0.25)
+
+
+def test_alignment_pitfall_less_stable_object():
+    # Both factors move object 0 a lot (it is rendered less stably) and object 1 a little:
+    # the two factors are not separated.
+    delta = np.array([[0.9, 0.1],
+                      [0.8, 0.1]])
+    s = alignment_score(delta)
+    # per object, by hand: column 0 -> 0.9/1.7, 0.8/1.7; column 1 -> 0.1/0.2 = 0.5 each
+    np.testing.assert_allclose(s["R"], [[9 / 17, 0.5], [8 / 17, 0.5]])
+    # best assignment: f0->o0, f1->o1 (9/17 + 1/2 beats 1/2 + 8/17)
+    assert s["assignment"] == [[0, 0], [1, 1]]
+    assert s["score"] == pytest.approx((9 / 17 + 0.5) / 2)  # = 35/68 ~ 0.515, chance is 0.5
+    assert s["score"] - chance_score(2) < 0.02
+    assert s["dominant"] == [0, 0] and not s["dominant_distinct"]
+    assert s["distinct"]  # one-to-one by construction; the dominant check is what tells
+    assert s["delta"] == delta.tolist()
+    # What per-factor normalisation would say: each factor's change lands mostly on
+    # object 0 (0.9 and 0.8/0.9 ~ 0.889), i.e. both look "aligned" with an object.
+    per_factor = delta / delta.sum(axis=1, keepdims=True)
+    assert per_factor[0, 0] == pytest.approx(0.9) and per_factor[1, 0] == pytest.approx(8 / 9)
+
+
+def test_alignment_more_factors_than_objects():
+    delta = np.array([[0.8, 0.05],
+                      [0.1, 0.9],
+                      [0.1, 0.05]])
+    s = alignment_score(delta)
+    np.testing.assert_allclose(s["R"], [[0.8, 0.05], [0.1, 0.9], [0.1, 0.05]])
+    assert s["assignment"] == [[0, 0], [1, 1]]
+    assert s["score"] == pytest.approx(0.85)
+    assert s["chance"] == pytest.approx(1 / 3)
+    assert s["dominant"] == [0, 1] and s["dominant_distinct"]
+
+
+def test_alignment_zero_column_and_bad_input():
+    s = alignment_score(np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(np.array(s["R"])[:, 1], [1 / 3] * 3)
+    assert s["score"] == pytest.approx((1.0 + 1 / 3) / 2)
+    with pytest.raises(UserError, match="NaN"):
+        alignment_score(np.array([[np.nan, 1.0]]))
+    with pytest.raises(ValueError, match="non-negative"):
+        alignment_score(np.array([[-0.1, 1.0]]))
+
+
+# --- probes -------------------------------------------------------------------------------
+
+
+def test_probe_r2_matches_least_squares_without_ridge():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 3)) * np.array([1.0, 5.0, 0.2])
+    Y = X @ rng.normal(size=(3, 2)) + rng.normal(size=(400, 2))
+    r2 = probe_r2(X, Y, ridge=0.0, seed=9)
+    order = np.random.default_rng(9).permutation(400)
+    train, test = order[:200], order[200:]
+    A = np.column_stack([X[train], np.ones(200)])
+    coef = np.linalg.lstsq(A, Y[train], rcond=None)[0]
+    pred = np.column_stack([X[test], np.ones(200)]) @ coef
+    expected = 1 - ((Y[test] - pred) ** 2).sum(0) / ((Y[test] - Y[test].mean(0)) ** 2).sum(0)
+    np.testing.assert_allclose(r2, expected, atol=1e-10)
+
+
+def test_probe_matrix_linear_targets():
+    rng = np.random.default_rng(4)
+    n = 2000
+    z = rng.normal(size=(n, 2, 3))  # factor 0 and an independent factor 1
+    targets = (z[:, 0, :] @ rng.normal(size=(3, 4)) + 1.5)[:, None, :]  # (N, 1, 4), linear in factor 0
+    P = probe_matrix(z, targets)
+    assert P.shape == (2, 1)
+    assert P[0, 0] > 0.999
+    assert P[1, 0] <= 0.1
+
+
+def test_probe_noise_and_bad_input():
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(1000, 3, 2))
+    noise = rng.normal(size=(1000, 2, 4))
+    P = probe_matrix(z, noise, seed=1)
+    assert P.shape == (3, 2)
+    assert (P <= 0.05).all()
+    assert math.isnan(probe_r2(rng.normal(size=(10, 1)), np.ones(10))[0])
+    with pytest.raises(UserError, match="train_fraction"):
+        probe_r2(z[:, 0], noise[:, 0], train_fraction=1.0)
+    with pytest.raises(UserError, match="fewer than 2"):
+        probe_r2(z[:3, 0], noise[:3, 0])
