@@ -162,3 +162,14 @@ def test_width_one_has_the_papers_channels():
     deconvs = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
     assert [c.out_channels for c in deconvs] == [512, 256, 128, 64, 3]
     assert deconvs[0].in_channels == 32
+
+
+def test_encoding_in_chunks_equals_encoding_in_one_piece():
+    torch.manual_seed(6)
+    model = FactoredVAE(small()).eval()
+    x = torch.rand(2, 7, 3, 64, 64)
+    whole_mean, whole_var = model.encode(x)
+    m1, v1 = model.encode(x[:, :3])
+    m2, v2 = model.encode(x[:, 3:], initial=m1[:, -1])
+    torch.testing.assert_close(torch.cat([m1, m2], 1), whole_mean)
+    torch.testing.assert_close(torch.cat([v1, v2], 1), whole_var)

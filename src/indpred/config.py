@@ -36,6 +36,9 @@ class ModelConfig:
     decoder_output: str = "sigmoid"  # final activation of the pixel means: "sigmoid" | "linear"
     logvar_min: float = -10.0  # soft bounds on every predicted log-variance
     logvar_max: float = 5.0
+    # Bookkeeping only (the networks ignore it): for an entangled twin, the K of the
+    # factored model it mirrors, so that evaluation splits its units the same way (0: unknown).
+    twin_factors: int = 0
 
     @property
     def z_dim(self) -> int:
@@ -143,6 +146,7 @@ def validate(cfg: RunConfig) -> None:
         (m.decoder_output in ("sigmoid", "linear"),
          f"model.decoder_output must be 'sigmoid' or 'linear', got {m.decoder_output!r}"),
         (m.logvar_min < m.logvar_max, "model.logvar_min must be below model.logvar_max"),
+        (m.twin_factors >= 0, f"model.twin_factors must be >= 0, got {m.twin_factors}"),
         (d.dataset == "mmnist", f"data.dataset must be 'mmnist', got {d.dataset!r}"),
         (1 <= d.n_digits <= 3, f"data.n_digits must be 1, 2 or 3, got {d.n_digits}"),
         (d.seq_len >= 2, f"data.seq_len (T) must be >= 2, got {d.seq_len}"),
@@ -170,6 +174,7 @@ def entangled(cfg: RunConfig) -> RunConfig:
     """The entangled twin: one factor holding all K·d units; nothing else differs."""
     twin = RunConfig.from_dict(cfg.to_dict())
     twin.model.factor_dim = cfg.model.z_dim
+    twin.model.twin_factors = cfg.model.factors
     twin.model.factors = 1
     return twin
 

@@ -218,7 +218,7 @@ def train(
                               "frames_per_s": fps}
                     log.write(json.dumps(record) + "\n")
                     log.flush()
-                    bar.set_postfix(elbo=f"{record['elbo']:.1f}", fps=f"{fps:.0f}")
+                    bar.set_postfix(elbo=f"{record['elbo']:.1f}", fps=f"{fps:.0f}", refresh=interactive)
                     sums = {"elbo": 0.0, "log_likelihood": 0.0, "n": 0}
                     kl_sum.zero_()
                     t_log = now

@@ -154,7 +154,7 @@ def evaluate_run(
     D = mc.z_dim
     partition = None
     if mc.factors == 1:
-        n_groups = groups or 2
+        n_groups = groups or (mc.twin_factors if mc.twin_factors > 1 else 2)
         size = group_size or D // n_groups
         if n_groups < 2 or size < 1 or n_groups * size > D:
             raise UserError(f"cannot split {D} units into --groups {n_groups} of --group-size {size}")

@@ -91,11 +91,15 @@ class FactoredVAE(nn.Module):
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
         sample: bool = True,
+        initial: Tensor | None = None,
     ) -> Filtered:
         """Run q(z_t | z_{t-1}, x_t) along the video, t = 1..T.
 
         ``noise`` (B, T, K, d) fixes the reparameterisation noise; otherwise it is drawn
         from ``generator``. With ``sample=False`` each state is the posterior mean.
+        ``initial`` (B, K, d) is the state before the first frame (to continue a video
+        in chunks: pass the last ``z`` of the previous chunk); without it the first
+        step uses the N(0, I) prior.
         """
         features = self.encode_frames(frames)  # (B, T, enc_dim)
         B, T = features.shape[:2]
@@ -103,7 +107,7 @@ class FactoredVAE(nn.Module):
         if noise is None and sample:
             noise = torch.randn(B, T, K, d, device=frames.device, generator=generator)
         zeros = features.new_zeros(B, K, d)
-        z_prev: Tensor | None = None
+        z_prev: Tensor | None = initial
         out: dict[str, list[Tensor]] = {k: [] for k in ("z", "qm", "qv", "pm", "pv")}
         for t in range(T):
             if z_prev is None:  # t = 1: N(0, I) prior, zero vectors as the posterior's view of it
@@ -135,13 +139,16 @@ class FactoredVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, frames: Tensor, *, sample: bool = False,
-               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+               generator: torch.Generator | None = None,
+               initial: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The inference network alone: posterior means and variances (B, T, K, d).
 
         Each step's estimate uses the frames up to it (filtering). With ``sample=False``
-        the state carried forward is the posterior mean, so the result is deterministic.
+        the state carried forward is the posterior mean, so the result is deterministic;
+        a long video can be encoded in chunks, passing the previous chunk's last mean
+        as ``initial``, with the same result as in one piece.
         """
-        f = self.filter(frames, sample=sample, generator=generator)
+        f = self.filter(frames, sample=sample, generator=generator, initial=initial)
         return f.post_mean, torch.exp(f.post_logvar)
 
     @torch.no_grad()
