@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,25 @@ def save_checkpoint(
     keep: int = 2,
 ) -> Path:
     """Write checkpoint ``step`` atomically into ``checkpoints_dir``; keep the newest ``keep``."""
-    checkpoints_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoints_dir / f"{PREFIX}{step:08d}"
     tmp = checkpoints_dir / f".{final.name}.tmp-{os.getpid()}"
+    try:
+        checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        _write(tmp, final, model, optimizer, rng, extra, step)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(checkpoints_dir)
+        kept = f"; {previous.name} is intact" if previous else ""
+        raise UserError(f"cannot write checkpoint {final.name} into {checkpoints_dir}: "
+                        f"{e.strerror or e} (disk full or not writable?){kept}") from None
+    for old in list_checkpoints(checkpoints_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write(tmp: Path, final: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+           rng: dict[str, torch.Tensor] | None, extra: dict[str, Any] | None, step: int) -> None:
+    """Write every file into ``tmp``, flush it to disk, then rename ``tmp`` to ``final``."""
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -109,10 +126,14 @@ def save_checkpoint(
     if final.exists():  # the same step written twice (e.g. a resumed run ending where it began)
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync(checkpoints_dir)
-    for old in list_checkpoints(checkpoints_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    _fsync(final.parent)
+
+
+def clean_stale_temporaries(checkpoints_dir: Path) -> None:
+    """Remove half-written checkpoint folders left by a killed writer (call under the run lock)."""
+    if checkpoints_dir.is_dir():
+        for p in checkpoints_dir.glob(f".{PREFIX}*.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
@@ -152,6 +173,22 @@ def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str
         except SafetensorError as e:
             raise UserError(f"checkpoint file {file} is not valid safetensors: {e}") from None
     return state, loaded["model.safetensors"], loaded["train_state.safetensors"]
+
+
+def read_latest_valid(
+    checkpoints_dir: Path,
+) -> tuple[Path, dict, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+    """The newest checkpoint that verifies, falling back (with a warning) past broken ones."""
+    problems = []
+    for path in reversed(list_checkpoints(checkpoints_dir)):
+        try:
+            return (path, *read_checkpoint(path))
+        except UserError as e:
+            problems.append(str(e))
+            warnings.warn(f"skipping checkpoint {path.name}: {e}", stacklevel=2)
+    if problems:
+        raise UserError(f"no usable checkpoint in {checkpoints_dir}: {problems[0]}")
+    return None
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:

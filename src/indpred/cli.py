@@ -37,12 +37,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from indpred.train import train
 
     if args.resume:
-        if args.preset or args.set or args.mnist:
-            raise UserError("--resume continues a run with its saved config; drop --preset/--set/"
-                            "--mnist (only --steps may change)")
+        if args.preset or args.set or args.mnist or args.config:
+            raise UserError("--resume continues a run with its saved config; drop --preset/--config/"
+                            "--set/--mnist (only --steps may change)")
         cfg = RunConfig()  # replaced by the run's own config.json
     else:
-        cfg = get_preset(args.preset or "demo")
+        if args.preset and args.config:
+            raise UserError("give either --preset or --config, not both")
+        if args.config:
+            if not Path(args.config).is_file():
+                raise UserError(f"--config {args.config}: no such file")
+            cfg = RunConfig.load(Path(args.config))
+        else:
+            cfg = get_preset(args.preset or "demo")
         cfg = apply_overrides(cfg, _mnist_override(args) + list(args.set))
     out = Path(args.out) if args.out else _next_free(Path("runs") / cfg.preset)
     result = train(cfg, out, resume=args.resume, force=args.force, steps=args.steps,
@@ -158,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from a preset")
     p.add_argument("--preset", help=f"one of: {', '.join(PRESETS)} (default: demo)")
+    p.add_argument("--config", metavar="FILE",
+                   help="a config JSON (e.g. another run's config.json) instead of a preset")
     p.add_argument("--steps", type=int, help="number of optimiser steps (overrides the preset)")
     p.add_argument("--out", help="run folder (default: runs/PRESET, numbered if taken)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")

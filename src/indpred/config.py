@@ -70,6 +70,8 @@ class TrainConfig:
     lr_decay_every: int = 1000
     kl_warmup: int = 0  # steps over which the KL weight ramps linearly from 0 to 1 (0: off)
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: off)
+    max_bad_steps: int = 20  # stop after this many non-finite steps in a row (each is skipped)
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resumes on GPU)
     seed: int = 0  # seed of parameters and of the reparameterisation noise
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     threads: int = 0  # torch CPU threads (0: torch's default)
@@ -95,6 +97,8 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """Inverse of :meth:`to_dict`; unknown keys are refused, missing ones take defaults."""
         sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+        if not isinstance(d, dict) or not all(isinstance(d.get(n, {}), dict) for n in sections):
+            raise UserError("a config must be a JSON object with sections model, data, train")
         unknown = set(d) - {"preset", *sections}
         if unknown:
             raise UserError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(sections)}")
@@ -105,6 +109,9 @@ class RunConfig:
             bad = set(values) - names
             if bad:
                 raise UserError(f"unknown key(s) {sorted(bad)} in config section '{name}'")
+            defaults = klass()
+            for key, value in values.items():
+                _check_type(f"{name}.{key}", value, getattr(defaults, key))
             kwargs[name] = klass(**values)
         return cls(**kwargs).resolve()
 
@@ -127,6 +134,17 @@ class RunConfig:
             self.model.channels = 3 if self.data.colour else 1
         validate(self)
         return self
+
+
+def _check_type(key: str, value: Any, default: Any) -> None:
+    """Refuse a config value whose JSON type does not fit the field (ints may stand for floats)."""
+    kind = type(default)
+    ok = (isinstance(value, bool) if kind is bool
+          else isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float
+          else isinstance(value, int) and not isinstance(value, bool) if kind is int
+          else isinstance(value, kind))
+    if not ok:
+        raise UserError(f"config value {key}={value!r} should be a {kind.__name__}")
 
 
 def validate(cfg: RunConfig) -> None:
@@ -164,6 +182,7 @@ def validate(cfg: RunConfig) -> None:
          "train.eval_every and train.checkpoint_every must be >= 0"),
         (t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
         (t.threads >= 0, f"train.threads must be >= 0, got {t.threads}"),
+        (t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from indpred.checkpoint import latest_checkpoint, load_weights, read_checkpoint
+from indpred.checkpoint import load_weights, read_latest_valid
 from indpred.config import RunConfig
 from indpred.errors import UserError
 from indpred.model import FactoredVAE
@@ -49,10 +49,10 @@ def load_model(run_dir: str | Path, *, device: str = "cpu") -> FactoredVAE:
     """The trained model of a run folder, from its latest checkpoint, in eval mode."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
-    ckpt = latest_checkpoint(run_dir / CHECKPOINTS)
-    if ckpt is None:
+    found = read_latest_valid(run_dir / CHECKPOINTS)
+    if found is None:
         raise UserError(f"{run_dir} has no checkpoint yet; train it first (indpred train ...)")
-    _, weights, _ = read_checkpoint(ckpt)
+    ckpt, _, weights, _ = found
     model = FactoredVAE(cfg.model)
     load_weights(model, weights, ckpt)
     return model.to(resolve_device(device)).eval()

@@ -8,6 +8,7 @@ repeats exactly what an uninterrupted one would have done.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -24,16 +25,18 @@ from tqdm.auto import tqdm
 
 from indpred import run as runfolder
 from indpred.checkpoint import (
+    clean_stale_temporaries,
     latest_checkpoint,
     load_weights,
     optimizer_from_flat,
-    read_checkpoint,
+    read_latest_valid,
     save_checkpoint,
 )
 from indpred.config import DataConfig, RunConfig
 from indpred.data import MovingMNIST
 from indpred.errors import UserError
 from indpred.eval.elbo import dataset_elbo
+from indpred.lock import run_lock
 from indpred.model import FactoredVAE
 from indpred.objective import sequence_elbo
 
@@ -98,11 +101,14 @@ def _trim_metrics(path: Path, last_step: int) -> None:
     """Drop log lines written after the checkpoint a run resumes from."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                kept.append(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+    write_atomic(path, "".join(line + "\n" for line in kept))
 
 
 @contextmanager
@@ -138,6 +144,7 @@ def train(
     """Train (or resume) the run in ``run_dir``; returns the final test ELBO.
 
     On resume the run's own ``config.json`` is used and ``steps`` may extend it.
+    The run folder is locked for the whole call (one writer per run).
     """
     run_dir = Path(run_dir)
     clear = check_run_dir(run_dir, resume=resume, force=force)
@@ -146,14 +153,33 @@ def train(
     if steps is not None:
         cfg.train.steps = steps
     cfg.resolve()
-    tc = cfg.train
-    device = runfolder.resolve_device(tc.device)
-    train_set, test_set = make_datasets(cfg.data)  # fails early on a bad MNIST folder
-    make_run_dir(run_dir, clear=clear)
-    cfg.save(run_dir / runfolder.CONFIG)
+    device = runfolder.resolve_device(cfg.train.device)
+    datasets = make_datasets(cfg.data)  # fails early on a bad MNIST folder
+    make_run_dir(run_dir, clear=False)
+    with run_lock(run_dir, "train"):
+        if clear:
+            make_run_dir(run_dir, clear=True)
+        cfg.save(run_dir / runfolder.CONFIG)
+        return _train_locked(cfg, run_dir, device, datasets, resume=resume, progress=progress)
 
+
+def _train_locked(
+    cfg: RunConfig,
+    run_dir: Path,
+    device: torch.device,
+    datasets: tuple[MovingMNIST, MovingMNIST],
+    *,
+    resume: bool,
+    progress: bool,
+) -> TrainResult:
+    tc = cfg.train
+    train_set, test_set = datasets
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    if tc.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     torch.manual_seed(tc.seed)
     model = FactoredVAE(cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
@@ -161,17 +187,24 @@ def train(
 
     start = 0
     ckpt_dir = run_dir / runfolder.CHECKPOINTS
-    if resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
-        state, weights, train_tensors = read_checkpoint(ckpt)
+    clean_stale_temporaries(ckpt_dir)
+    if resume and (found := read_latest_valid(ckpt_dir)) is not None:
+        ckpt, state, weights, train_tensors = found
         load_weights(model, weights, ckpt)
         optimizer.load_state_dict(optimizer_from_flat(train_tensors, state["optimizer"]))
         noise.set_state(train_tensors["rng.noise"])
         start = state["step"]
         _trim_metrics(run_dir / runfolder.METRICS, start)
+    saved_at = start if resume and start else None
 
     def checkpoint(step: int) -> None:
+        nonlocal saved_at
+        if saved_at == step:
+            return
         save_checkpoint(ckpt_dir, step, model, optimizer, rng={"noise": noise.get_state()},
-                        extra={"preset": cfg.preset}, keep=tc.keep_checkpoints)
+                        extra={"preset": cfg.preset, "skipped_steps": skipped},
+                        keep=tc.keep_checkpoints)
+        saved_at = step
 
     B, T = tc.batch_size, cfg.data.seq_len
     log = (run_dir / runfolder.METRICS).open("a")
@@ -182,6 +215,7 @@ def train(
     kl_sum = torch.zeros(cfg.model.factors, dtype=torch.float64)
     t_log, t0 = time.perf_counter(), time.perf_counter()
     step = start
+    skipped, bad_in_a_row = 0, 0
     stopped = False
     model.train()
     try:
@@ -193,22 +227,42 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 beta = min(1.0, (step + 1) / tc.kl_warmup) if tc.kl_warmup else 1.0
+                buffers = [b.clone() for b in model.buffers()]  # batch-norm statistics
                 terms = sequence_elbo(model, frames, generator=noise)
                 loss = -(terms.log_likelihood - beta * terms.kl.sum(-1)).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if tc.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                optimizer.step()
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), tc.grad_clip if tc.grad_clip else math.inf)
                 step += 1
                 bar.update(1)
+                if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                    # Skip the update, undo the statistics the bad batch touched, count it.
+                    for b, saved in zip(model.buffers(), buffers):
+                        b.copy_(saved)
+                    optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    bad_in_a_row += 1
+                    log.write(json.dumps({"step": step, "split": "train", "skipped": "non-finite "
+                                          "loss or gradient", "skipped_total": skipped}) + "\n")
+                    log.flush()
+                    if bad_in_a_row >= tc.max_bad_steps:
+                        last = latest_checkpoint(ckpt_dir)
+                        raise UserError(
+                            f"training stopped at step {step}: {bad_in_a_row} steps in a row had a "
+                            f"non-finite loss or gradient; the last good checkpoint "
+                            f"({last.name if last else 'none'}) is intact. Lower train.lr or set "
+                            "train.grad_clip, then --resume")
+                    continue
+                bad_in_a_row = 0
+                optimizer.step()
 
                 with torch.no_grad():
                     sums["elbo"] += terms.elbo.mean().item()
                     sums["log_likelihood"] += terms.log_likelihood.mean().item()
                     kl_sum += terms.kl.mean(0).double().cpu()
                     sums["n"] += 1
-                if step % tc.log_every == 0 or step == tc.steps:
+                if (step % tc.log_every == 0 or step == tc.steps) and sums["n"]:
                     now = time.perf_counter()
                     n = sums["n"]
                     fps = n * B * T / max(now - t_log, 1e-9)
@@ -234,8 +288,7 @@ def train(
     finally:
         bar.close()
         log.close()
-    if not (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == start:
-        checkpoint(step)
+    checkpoint(step)
 
     elapsed = time.perf_counter() - t0
     result = TrainResult(run_dir=run_dir, step=step, seconds=elapsed, stopped_early=stopped)
@@ -246,9 +299,16 @@ def train(
         f.write(json.dumps({"step": step, "split": "test", **result.test}) + "\n")
     trained = step - start
     summary = {
-        "preset": cfg.preset, "step": step, "test": result.test,
+        "preset": cfg.preset, "step": step, "test": result.test, "skipped_steps": skipped,
         "train_seconds_this_session": elapsed,
         "frames_per_s_this_session": trained * B * T / elapsed if trained else None,
     }
-    (run_dir / runfolder.SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(run_dir / runfolder.SUMMARY, json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file through a temporary file and a rename (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

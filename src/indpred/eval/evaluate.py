@@ -29,6 +29,7 @@ from indpred.eval.generations import (
     psnr,
 )
 from indpred.eval.latents import collect_latents
+from indpred.lock import run_lock
 from indpred.metrics import (
     alignment_score,
     best_partition,
@@ -83,8 +84,21 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def evaluate_run(
-    run_dir: str | Path,
+def evaluate_run(run_dir: str | Path, **options: Any) -> dict[str, Any]:
+    """Evaluate the latest checkpoint of ``run_dir`` (options: see :func:`_evaluate`).
+
+    Holds the run folder's lock, so an evaluation never writes beside a training.
+    """
+    run_dir = Path(run_dir)
+    runfolder.load_config(run_dir)  # a clear error for a folder that is not a run
+    if _checkpoint_step(run_dir) is None:
+        raise UserError(f"{run_dir} has no checkpoint yet; train it first (indpred train ...)")
+    with run_lock(run_dir, "evaluation"):
+        return _evaluate(run_dir, **options)
+
+
+def _evaluate(
+    run_dir: Path,
     *,
     split: str = "test",
     sequences: int = 256,
@@ -101,8 +115,7 @@ def evaluate_run(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate the latest checkpoint of ``run_dir``; returns the metrics written to disk."""
-    run_dir = Path(run_dir)
+    """Every measure for one run; returns the metrics written to ``RUN_DIR/eval``."""
     if split not in ("train", "test"):
         raise UserError(f"--split must be 'train' or 'test', got {split!r}")
     for name, value, least in (("--sequences", sequences, 2), ("--k", k, 1),
