@@ -13,6 +13,6 @@ def test_ruff_clean():
     ruff = shutil.which("ruff")
     if ruff is None:
         pytest.skip("ruff not installed (pip install -e '.[test]')")
-    out = subprocess.run([ruff, "check", "src", "tests", "benchmarks"], cwd=ROOT,
+    out = subprocess.run([ruff, "check", "src", "tests", "benchmarks", "experiments"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr

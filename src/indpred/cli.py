@@ -1,4 +1,4 @@
-"""The ``indpred`` command: train, demo, eval, compare, presets, download-mnist.
+"""The ``indpred`` command: train, demo, eval, compare, prepare-video, encode, presets, download-mnist.
 
 Bad input ends with one line on stderr and exit status 2 (``--debug`` shows the traceback).
 """
@@ -30,14 +30,17 @@ def _next_free(base: Path) -> Path:
 
 def _mnist_override(args: argparse.Namespace) -> list[str]:
     folder = args.mnist or os.environ.get(MNIST_ENV)
-    return [f"data.mnist={Path(folder).resolve()}"] if folder else []
+    sets = [f"data.mnist={Path(folder).resolve()}"] if folder else []
+    if getattr(args, "data", None):
+        sets += ["data.dataset=video", f"data.path={Path(args.data).resolve()}"]
+    return sets
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from indpred.train import train
 
     if args.resume:
-        if args.preset or args.set or args.mnist or args.config:
+        if args.preset or args.set or args.mnist or args.config or args.data:
             raise UserError("--resume continues a run with its saved config; drop --preset/--config/"
                             "--set/--mnist (only --steps may change)")
         cfg = RunConfig()  # replaced by the run's own config.json
@@ -49,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise UserError(f"--config {args.config}: no such file")
             cfg = RunConfig.load(Path(args.config))
         else:
-            cfg = get_preset(args.preset or "demo")
+            cfg = get_preset(args.preset or ("street-8f" if args.data else "demo"))
         cfg = apply_overrides(cfg, _mnist_override(args) + list(args.set))
     out = Path(args.out) if args.out else _next_free(Path("runs") / cfg.preset)
     result = train(cfg, out, resume=args.resume, force=args.force, steps=args.steps,
@@ -129,6 +132,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_video(args: argparse.Namespace) -> int:
+    from indpred.data.video import prepare_videos
+
+    test_videos = args.test_videos.split(",") if args.test_videos else None
+    manifest = prepare_videos(args.src, args.out, fps=args.fps, size=args.size, resize=args.resize,
+                              test_videos=test_videos, test_fraction=args.test_fraction,
+                              progress=not args.no_progress)
+    videos, counts = manifest["videos"], manifest["frames"]
+    print(f"{args.out}: {len(videos)} video(s), {counts['train']} train and {counts['test']} test "
+          f"frames at {args.fps} fps; train with: indpred train --preset street-8f --data {args.out}")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from indpred.encode import encode_to_file
+
+    path = encode_to_file(args.run, args.video, args.out, fps=args.fps, device=args.device,
+                          progress=not args.no_progress)
+    print(f"factors written to {path} (mean, var: (T, K, d); timestamps: (T,))")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     if args.show:
         print(json.dumps(get_preset(args.show).to_dict(), indent=2))
@@ -169,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a config JSON (e.g. another run's config.json) instead of a preset")
     p.add_argument("--steps", type=int, help="number of optimiser steps (overrides the preset)")
     p.add_argument("--out", help="run folder (default: runs/PRESET, numbered if taken)")
+    p.add_argument("--data", metavar="DIR",
+                   help="train on a prepared video folder (indpred prepare-video); default preset street-8f")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--force", action="store_true", help="start over in an existing --out")
     common_data(p)
@@ -204,6 +231,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="evaluated run folders")
     p.add_argument("--out", help="output path stem (default: RUN_1/../comparison → .md and .json)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("prepare-video", help="decode, resample and resize videos for training")
+    p.add_argument("src", help="a video file or a folder of videos")
+    p.add_argument("--out", required=True, help="the prepared data folder to write")
+    p.add_argument("--fps", type=float, default=2.0, help="target frame rate (default 2, the paper's)")
+    p.add_argument("--size", type=int, default=64, help="frame size (the model needs 64)")
+    p.add_argument("--resize", default="squash", choices=["squash", "crop"],
+                   help="squash the whole frame (the paper) or centre-crop a square first")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--test-videos", metavar="A,B", help="comma-separated names of the test videos")
+    split.add_argument("--test-fraction", type=float, help="fraction of the videos held out for test")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prepare_video)
+
+    p = sub.add_parser("encode", help="encode a video into its factors with a trained run")
+    p.add_argument("video", help="a video file")
+    p.add_argument("--run", required=True, help="a trained run folder")
+    p.add_argument("--out", required=True, help="the .npz file to write")
+    p.add_argument("--fps", type=float, help="frame rate to encode at (default: the run's training data)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("presets", help="list the presets, or show one as JSON")
     p.add_argument("--show", metavar="NAME", help="print this preset's full config")

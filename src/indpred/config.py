@@ -49,7 +49,8 @@ class ModelConfig:
 class DataConfig:
     """Where training and test sequences come from."""
 
-    dataset: str = "mmnist"  # "mmnist": Moving MNIST generated on the fly
+    dataset: str = "mmnist"  # "mmnist": Moving MNIST generated on the fly; "video": a prepared folder
+    path: str = ""  # dataset "video": the folder made by `indpred prepare-video` (or --data DIR)
     n_digits: int = 2
     colour: bool = True  # digit k on channel k (C = 3), else grayscale (C = 1)
     seq_len: int = 10  # T
@@ -132,6 +133,8 @@ class RunConfig:
         """Derive dependent fields (channels from the data) and validate; returns self."""
         if self.data.dataset == "mmnist":
             self.model.channels = 3 if self.data.colour else 1
+        elif self.data.dataset == "video":
+            self.model.channels = 3
         validate(self)
         return self
 
@@ -165,7 +168,7 @@ def validate(cfg: RunConfig) -> None:
          f"model.decoder_output must be 'sigmoid' or 'linear', got {m.decoder_output!r}"),
         (m.logvar_min < m.logvar_max, "model.logvar_min must be below model.logvar_max"),
         (m.twin_factors >= 0, f"model.twin_factors must be >= 0, got {m.twin_factors}"),
-        (d.dataset == "mmnist", f"data.dataset must be 'mmnist', got {d.dataset!r}"),
+        (d.dataset in ("mmnist", "video"), f"data.dataset must be 'mmnist' or 'video', got {d.dataset!r}"),
         (1 <= d.n_digits <= 3, f"data.n_digits must be 1, 2 or 3, got {d.n_digits}"),
         (d.seq_len >= 2, f"data.seq_len (T) must be >= 2, got {d.seq_len}"),
         (d.kinematics in ("standard", "integer"),
@@ -223,6 +226,17 @@ def _demo() -> RunConfig:
     )
 
 
+def _street_8f() -> RunConfig:
+    """The paper's street model: eight factors, paper widths, σ_x² = 0.05 (needs --data DIR)."""
+    return RunConfig(
+        preset="street-8f",
+        model=ModelConfig(factors=8, factor_dim=8, width=1.0, obs_var=0.05),
+        data=DataConfig(dataset="video", seq_len=10, test_sequences=256),
+        train=TrainConfig(steps=50_000, batch_size=32, lr=3e-4, eval_every=1000,
+                          checkpoint_every=1000),
+    )
+
+
 def _named(name: str, make: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
     def build() -> RunConfig:
         cfg = make()
@@ -238,9 +252,12 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "mmnist-entangled": _named("mmnist-entangled", lambda: entangled(_mmnist_2f())),
     "demo": _named("demo", _demo),
     "demo-entangled": _named("demo-entangled", lambda: entangled(_demo())),
+    "street-8f": _named("street-8f", _street_8f),
+    "street-entangled": _named("street-entangled", lambda: entangled(_street_8f())),
 }
 PRESETS["mmnist-entangled"].__doc__ = "The entangled twin of mmnist-2f (K = 1, d = 32)."
 PRESETS["demo-entangled"].__doc__ = "The entangled twin of demo (K = 1, d = 16)."
+PRESETS["street-entangled"].__doc__ = "The entangled twin of street-8f (K = 1, d = 64; needs --data DIR)."
 
 
 def get_preset(name: str) -> RunConfig:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from indpred import run as runfolder
@@ -43,8 +44,21 @@ from indpred.objective import sequence_elbo
 TRAIN_STREAM_LENGTH = 2**31 - 1  # the training stream is, in practice, endless
 
 
-def make_datasets(data: DataConfig) -> tuple[MovingMNIST, MovingMNIST]:
-    """The training stream and the fixed test set described by ``data``."""
+def make_datasets(data: DataConfig) -> tuple[Dataset, Dataset]:
+    """The training stream and the fixed test set described by ``data``.
+
+    Both serve ``get_batch(indices)`` with ``frames`` (B, T, C, 64, 64).
+    """
+    if data.dataset == "video":
+        from indpred.data.video import VideoFrames
+
+        if not data.path:
+            raise UserError("this preset trains on prepared video: pass --data DIR "
+                            "(made by indpred prepare-video)")
+        return (VideoFrames(data.path, split="train", seq_len=data.seq_len, seed=data.seed,
+                            length=TRAIN_STREAM_LENGTH),
+                VideoFrames(data.path, split="test", seq_len=data.seq_len, seed=data.seed,
+                            length=data.test_sequences))
     common = dict(n_digits=data.n_digits, seq_len=data.seq_len, colour=data.colour,
                   kinematics=data.kinematics, seed=data.seed, source=data.mnist)
     train = MovingMNIST(split="train", length=TRAIN_STREAM_LENGTH, **common)
@@ -167,7 +181,7 @@ def _train_locked(
     cfg: RunConfig,
     run_dir: Path,
     device: torch.device,
-    datasets: tuple[MovingMNIST, MovingMNIST],
+    datasets: tuple[Dataset, Dataset],
     *,
     resume: bool,
     progress: bool,

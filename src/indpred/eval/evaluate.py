@@ -58,8 +58,13 @@ REPORT = "report.html"
 LN2 = math.log(2.0)
 
 
-def _dataset(cfg: RunConfig, split: str, sequences: int, seed: int, seq_len: int) -> MovingMNIST:
+def _dataset(cfg: RunConfig, split: str, sequences: int, seed: int, seq_len: int):
+    """The evaluation sequences: Moving MNIST, or windows of the run's prepared video."""
     d = cfg.data
+    if d.dataset == "video":
+        from indpred.data.video import VideoFrames
+
+        return VideoFrames(d.path, split=split, seq_len=seq_len, seed=seed, length=sequences)
     return MovingMNIST(split=split, n_digits=d.n_digits, seq_len=seq_len, colour=d.colour,
                        kinematics=d.kinematics, seed=seed, length=sequences, source=d.mnist)
 
@@ -220,7 +225,9 @@ def _evaluate(
     figures["generations"] = rel(save_frame_grid(rows, row_labels=row_labels,
                                                  out_path=out / "generations.png"))
     figures["generations_gif"] = rel(save_gif(rows, out_path=out / "generations.gif"))
-    if cfg.data.colour:
+    if cfg.data.dataset == "video":
+        metrics["alignment"] = {"skipped": "real video: no ground-truth objects to align factors with"}
+    elif cfg.data.colour:
         delta = channel_change(gens, cfg.data.n_digits)  # (G, J)
         metrics["alignment"] = alignment_score(delta)
         R = np.asarray(metrics["alignment"]["R"])
@@ -245,6 +252,8 @@ def _evaluate(
             P, row_labels=labels, col_labels=[f"digit {j + 1}" for j in range(P.shape[1])],
             out_stem=out / "probes", title="probe R², position and velocity",
             vmin=0, vmax=1))
+    else:
+        metrics["probes"] = {"skipped": "no ground-truth positions or velocities for this data"}
     stages.update()
 
     # 7. Prediction: observe `context` frames, roll the prior forward `horizon` steps.
@@ -337,7 +346,9 @@ def report_sections(m: dict[str, Any], out: Path) -> list:
             note="R[k, j]: share of digit j's channel change driven by factor k (normalised per "
                  "digit); score: mean R over a one-to-one assignment (1 = perfect, 1/K = chance)."))
         sections.append(Figure("Alignment matrix R", fig["alignment"]))
-    if "probes" in m:
+    if "skipped" in m.get("probes", {}):
+        sections.append(Text("Probes", f"Skipped: {m['probes']['skipped']}."))
+    elif "probes" in m:
         sections.append(Figure("Probes: R² of each factor for each digit's position and velocity",
                                fig["probes"]))
     p = m["prediction"]

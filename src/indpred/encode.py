@@ -1,0 +1,167 @@
+"""Encode a video of any length into its K factors with the inference network alone.
+
+The posterior ``q(z_t | z_{t-1}, x_t)`` is run frame by frame (filtering), carrying
+the posterior mean forward, so the result is deterministic. Frames are decoded as a
+stream and encoded in chunks: each chunk starts from the previous chunk's last
+posterior mean (``FactoredVAE.encode(..., initial=...)``), which gives the same
+result as encoding the whole video in one piece, with memory bounded by the chunk.
+The generator is never used.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from indpred.data.video import FRAME_SIZE, VideoReader, VideoWarning, frames_to_tensor, load_manifest
+from indpred.errors import UserError
+from indpred.model import FactoredVAE
+from indpred.run import load_config, load_model, resolve_device
+
+__all__ = ["encode_to_file", "encode_video", "run_video_settings"]
+
+
+def encode_video(
+    model: FactoredVAE,
+    path: str | Path,
+    *,
+    fps: float | None,
+    size: int = FRAME_SIZE,
+    resize: str = "squash",
+    chunk: int = 256,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Posterior means and variances of every kept frame of a video.
+
+    Frames come from :func:`indpred.data.video.iter_frames` rules (``fps`` resampling
+    by timestamps, None for every frame; ``resize`` "squash" or "crop") and are encoded
+    ``chunk`` at a time. The model is put in eval mode for the call (batch norm uses its
+    running statistics, so chunking cannot change the result) and moved to ``device``
+    (it stays there); its training flag is restored afterwards.
+
+    Returns:
+        ``mean`` float32 (T, K, d), ``var`` float32 (T, K, d), ``timestamps`` float64
+        (T,): seconds since the video's first decoded frame, increasing.
+    """
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise UserError(f"chunk must be an integer >= 1, got {chunk!r}")
+    cfg = model.config
+    if size != cfg.image_size:
+        raise UserError(f"size must be {cfg.image_size} (the model's input), got {size}")
+    if cfg.channels != 3:
+        raise UserError(f"this model takes {cfg.channels}-channel frames; video frames are RGB (3 channels): "
+                        "encode with a model trained on colour data")
+    dev = resolve_device(device)
+    reader = VideoReader(path, fps=fps, size=size, resize=resize)
+    K, d = cfg.factors, cfg.factor_dim
+    means: list[np.ndarray] = []
+    variances: list[np.ndarray] = []
+    times: list[float] = []
+    buffer: list[np.ndarray] = []
+    state: torch.Tensor | None = None  # (1, K, d): the last posterior mean so far
+
+    def flush() -> None:
+        nonlocal state
+        x = frames_to_tensor(np.stack(buffer))[None].to(dev)  # (1, n, 3, H, W)
+        mean, var = model.encode(x, initial=state)  # (1, n, K, d) each
+        state = mean[:, -1]
+        means.append(mean[0].cpu().numpy())
+        variances.append(var[0].cpu().numpy())
+        buffer.clear()
+
+    was_training = model.training
+    model.to(dev).eval()
+    bar = tqdm(desc=Path(path).name, unit="frame", disable=not progress, leave=False, dynamic_ncols=True)
+    try:
+        for t, frame in reader:
+            buffer.append(frame)
+            times.append(t)
+            bar.update(1)
+            if len(buffer) == chunk:
+                flush()
+        if buffer:
+            flush()
+    finally:
+        bar.close()
+        model.train(was_training)
+    return {
+        "mean": np.concatenate(means).astype(np.float32, copy=False).reshape(-1, K, d),  # (T, K, d)
+        "var": np.concatenate(variances).astype(np.float32, copy=False).reshape(-1, K, d),  # (T, K, d)
+        "timestamps": np.asarray(times, dtype=np.float64),  # (T,)
+    }
+
+
+def run_video_settings(config: Any, fps: float | None = None) -> dict[str, Any]:
+    """Frame rate, size and resize mode to encode with, from a run's training data.
+
+    A run trained on a prepared video folder (``config.data.path`` set) uses that
+    folder's manifest settings; an explicit ``fps`` overrides its rate. A run trained
+    on Moving MNIST (no data path) keeps every frame unless ``fps`` is given, and
+    squashes. Returns ``{"fps", "size", "resize"}``.
+    """
+    data_path = getattr(config.data, "path", None) or ""
+    if not data_path:
+        return {"fps": fps, "size": config.model.image_size, "resize": "squash"}
+    try:
+        settings = load_manifest(data_path, check_files=False)["settings"]
+    except UserError as e:
+        if fps is None:
+            raise UserError(f"cannot read the run's training data settings from {data_path} ({e}); "
+                            "pass fps explicitly") from None
+        warnings.warn(f"cannot read the run's data manifest in {data_path}; encoding with resize='squash'",
+                      VideoWarning, stacklevel=2)
+        return {"fps": fps, "size": config.model.image_size, "resize": "squash"}
+    return {"fps": settings["fps"] if fps is None else fps, "size": settings["size"],
+            "resize": settings["resize"]}
+
+
+def encode_to_file(
+    run_dir: str | Path,
+    video: str | Path,
+    out_npz: str | Path,
+    *,
+    fps: float | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Encode ``video`` with a trained run's inference network into an ``.npz`` file.
+
+    Uses the run's latest checkpoint and its training data's frame rate and resize
+    mode (see :func:`run_video_settings`; ``fps`` overrides the rate). The file holds
+    ``mean`` and ``var`` float32 (T, K, d), ``timestamps`` float64 (T,), and as
+    0-d arrays ``fps`` (NaN: every frame), ``resize``, ``video`` and ``run``; all plain
+    arrays, readable with ``np.load(path)`` (no pickle). It is written to a temporary
+    name and renamed into place. Returns the path written.
+    """
+    run_dir, video, out = Path(run_dir), Path(video), Path(out_npz)
+    settings = run_video_settings(load_config(run_dir), fps)
+    model = load_model(run_dir, device=device)
+    result = encode_video(model, video, fps=settings["fps"], size=settings["size"],
+                          resize=settings["resize"], device=device, progress=progress)
+    arrays = {
+        **result,
+        "fps": np.float64(math.nan if settings["fps"] is None else settings["fps"]),
+        "resize": np.array(settings["resize"]),
+        "video": np.array(str(video.resolve())),
+        "run": np.array(str(run_dir.resolve())),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
