@@ -38,6 +38,7 @@ from indpred.metrics import (
     mi_matrix,
     mi_summary,
     probe_matrix,
+    probe_r2,
 )
 from indpred.objective import sequence_elbo
 from indpred.report import (
@@ -254,8 +255,13 @@ def _evaluate(
     if lat.positions is not None:
         z_all = _regroup(lat.means.reshape(-1, mc.factors, mc.factor_dim), unit_groups)
         targets = np.concatenate([lat.positions, lat.velocities], axis=-1)  # (N, T, J, 4)
-        P = probe_matrix(z_all, targets.reshape(-1, *targets.shape[2:]), seed=seed)
+        flat_targets = targets.reshape(-1, *targets.shape[2:])  # (N·T, J, 4)
+        P = probe_matrix(z_all, flat_targets, seed=seed)
+        per_target = np.stack([  # (G + 1, J, 4): each group, then all units together
+            probe_r2(z, flat_targets.reshape(len(z), -1), seed=seed).reshape(flat_targets.shape[1:])
+            for z in [*z_all.transpose(1, 0, 2), z_all.reshape(len(z_all), -1)]])
         metrics["probes"] = {"r2": P, "targets": ["row", "col", "v_row", "v_col"],
+                             "r2_per_target": per_target[:-1], "r2_all_units": per_target[-1],
                              "model": "ridge linear regression, half of the frames held out"}
         figures["probes"] = rel(plot_matrix(
             P, row_labels=labels, col_labels=[f"digit {j + 1}" for j in range(P.shape[1])],

@@ -39,5 +39,5 @@ class Decoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.fc(z)[:, :, None, None]  # (N, z_dim, 1, 1)
-        x = self.net(h)  # (N, C, 64, 64)
+        x = self.net(h).float()  # (N, C, 64, 64); float32 even under autocast
         return torch.sigmoid(x) if self.output == "sigmoid" else x

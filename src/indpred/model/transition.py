@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,11 +56,20 @@ class FactoredTransition(nn.Module):
         ``detach_params`` evaluates the same function with the weights cut from the
         graph: gradients still flow to ``z`` but never reach the transition parameters.
         """
+        if detach_params:
+            return self.frozen()(z)
+        return self._mlp(z, list(self.weights), list(self.biases))
+
+    def frozen(self) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """This transition with its weights detached once, to apply at many steps."""
+        weights = [w.detach() for w in self.weights]
+        biases = [b.detach() for b in self.biases]
+        return lambda z: self._mlp(z, weights, biases)
+
+    def _mlp(self, z: Tensor, weights: list[Tensor], biases: list[Tensor]) -> tuple[Tensor, Tensor]:
         h = z.transpose(0, 1)  # (K, B, d)
-        n = len(self.weights)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            if detach_params:
-                w, b = w.detach(), b.detach()
+        n = len(weights)
+        for i, (w, b) in enumerate(zip(weights, biases)):
             h = torch.baddbmm(b.unsqueeze(1), h, w)  # (K, B, out_i)
             if i < n - 1:
                 h = F.selu(h)

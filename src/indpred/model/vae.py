@@ -2,15 +2,21 @@
 
 Shapes: frames (B, T, C, H, W); latents and their statistics (B, T, K, d).
 The image networks run once over all B·T frames (the encoder before the loop over
-time, the decoder after it); the loop over time is the only sequential part.
+time, the decoder after it), and so do the frame's share of the posterior combiner
+and the prior with trainable weights (after the loop, from the sampled states).
+Inside the loop over time, the only sequential part, run just what must: the prior's
+prediction as the posterior sees it, the combiner's remaining layers and the sample.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from indpred.config import ModelConfig
 from indpred.model.decoder import Decoder
@@ -34,8 +40,34 @@ class Filtered:
     prior_logvar: Tensor
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+@contextlib.contextmanager
+def _batch_stats_frozen(net: nn.Module) -> Iterator[None]:
+    """Batch norm in ``net`` normalises by batch statistics but leaves its running ones alone.
+
+    Activation checkpointing runs a network's forward a second time during backward;
+    without this, that recomputation would update the running statistics twice.
+    """
+    norms = [m for m in net.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
 class FactoredVAE(nn.Module):
-    """K parallel Markov chains of d units, a shared image encoder and a shared generator."""
+    """K parallel Markov chains of d units, a shared image encoder and a shared generator.
+
+    How the two image networks execute is set by :meth:`configure` (float32 or bf16,
+    memory layout, activation checkpointing): options for speed and memory that leave
+    what the model computes unchanged up to float rounding.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -51,6 +83,47 @@ class FactoredVAE(nn.Module):
         self.decoder = Decoder(
             z_dim=c.z_dim, out_channels=c.channels, width=c.width, output=c.decoder_output
         )
+        self.precision = "fp32"
+        self.channels_last = False
+        self.activation_checkpointing = False
+
+    def configure(
+        self, *, precision: str = "fp32", channels_last: bool = False,
+        activation_checkpointing: bool = False,
+    ) -> FactoredVAE:
+        """Set how the image networks run in training; returns ``self``.
+
+        ``precision="bf16"``: the encoder and generator run under bf16 autocast in
+        training mode (their outputs are cast back to float32, so the combiner, the
+        transitions and every ELBO term stay float32; eval mode always runs float32).
+        ``channels_last``: convolution weights and frames in NHWC layout (faster with
+        cuDNN on tensor cores). ``activation_checkpointing``: keep only each image
+        network's input and output for backward and recompute the rest there, trading
+        one more forward pass of both networks for their activation memory.
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
+        self.channels_last = channels_last
+        self.activation_checkpointing = activation_checkpointing
+        if channels_last:
+            for net in (self.encoder, self.decoder):
+                net.to(memory_format=torch.channels_last)
+        return self
+
+    def _image_net(self, net: nn.Module, x: Tensor) -> Tensor:
+        """Run an image network on a batch of frames or latents, as configured; float32 out."""
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        bf16 = self.precision == "bf16" and self.training
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                contexts: Callable = lambda: (contextlib.nullcontext(), _batch_stats_frozen(net))  # noqa: E731
+                out = checkpoint(net, x, use_reentrant=False, preserve_rng_state=False,
+                                 context_fn=contexts)
+            else:
+                out = net(x)
+        return out.float()
 
     @property
     def factors(self) -> int:
@@ -72,7 +145,7 @@ class FactoredVAE(nn.Module):
         """Image features of every frame at once: (B, T, C, H, W) → (B, T, enc_dim)."""
         self._check_frames(frames)
         B, T = frames.shape[:2]
-        return self.encoder(frames.flatten(0, 1)).unflatten(0, (B, T))  # (B, T, enc_dim)
+        return self._image_net(self.encoder, frames.flatten(0, 1)).unflatten(0, (B, T))  # (B, T, enc_dim)
 
     def prior(self, z_prev: Tensor) -> tuple[Tensor, Tensor]:
         """p(z_t | z_{t-1}): mean and log-variance (B, K, d) from the previous state (B, K, d)."""
@@ -106,19 +179,25 @@ class FactoredVAE(nn.Module):
         K, d = self.factors, self.factor_dim
         if noise is None and sample:
             noise = torch.randn(B, T, K, d, device=frames.device, generator=generator)
+        frame_part = self.posterior.frame_part(features)  # (B, T, z_dim), every frame at once
         zeros = features.new_zeros(B, K, d)
+        # The prior's prediction as the posterior sees it: transition weights frozen
+        # ("state": the gradient reaches z_{t-1}) or no gradient at all ("none").
+        view = self.transition.frozen() if self.config.posterior_prior_grad == "state" else None
         z_prev: Tensor | None = initial
-        out: dict[str, list[Tensor]] = {k: [] for k in ("z", "qm", "qv", "pm", "pv")}
+        out: dict[str, list[Tensor]] = {k: [] for k in ("z", "qm", "qv")}
         for t in range(T):
             if z_prev is None:  # t = 1: N(0, I) prior, zero vectors as the posterior's view of it
-                prior_mean, prior_logvar = zeros, zeros
                 seen_mean, seen_std = zeros, zeros
             else:
-                prior_mean, prior_logvar = self.transition(z_prev)  # (B, K, d)
-                seen_mean, seen_logvar = self._posterior_input(z_prev, prior_mean, prior_logvar)
+                if view is not None:
+                    seen_mean, seen_logvar = view(z_prev)  # (B, K, d)
+                else:
+                    with torch.no_grad():
+                        seen_mean, seen_logvar = self.transition(z_prev)  # (B, K, d)
                 seen_std = torch.exp(0.5 * seen_logvar)
-            post_mean, post_logvar = self.posterior(
-                features[:, t], seen_mean.flatten(1), seen_std.flatten(1)
+            post_mean, post_logvar = self.posterior.step(
+                frame_part[:, t], seen_mean.flatten(1), seen_std.flatten(1)
             )  # (B, K·d) each
             post_mean = post_mean.unflatten(1, (K, d))  # (B, K, d)
             post_logvar = post_logvar.unflatten(1, (K, d))  # (B, K, d)
@@ -126,16 +205,27 @@ class FactoredVAE(nn.Module):
                 z = post_mean + torch.exp(0.5 * post_logvar) * noise[:, t]  # (B, K, d)
             else:
                 z = post_mean
-            for key, value in zip(out, (z, post_mean, post_logvar, prior_mean, prior_logvar)):
+            for key, value in zip(out, (z, post_mean, post_logvar)):
                 out[key].append(value)
             z_prev = z
-        z, qm, qv, pm, pv = (torch.stack(out[k], dim=1) for k in out)  # (B, T, K, d) each
+        z, qm, qv = (torch.stack(out[k], dim=1) for k in out)  # (B, T, K, d) each
+        # The prior p(z_t | z_{t-1}) with trainable weights, every step at once.
+        previous = z[:, :-1] if initial is None else torch.cat([initial[:, None], z[:, :-1]], dim=1)
+        S = previous.shape[1]  # steps with a previous state: T - 1, or T after ``initial``
+        if S:
+            pm, pv = self.transition(previous.flatten(0, 1))  # (B·S, K, d) each
+            pm, pv = pm.unflatten(0, (B, S)), pv.unflatten(0, (B, S))  # (B, S, K, d)
+        else:
+            pm = pv = zeros.new_zeros(B, 0, K, d)
+        if initial is None:
+            pm = torch.cat([zeros[:, None], pm], dim=1)  # (B, T, K, d)
+            pv = torch.cat([zeros[:, None], pv], dim=1)
         return Filtered(z=z, post_mean=qm, post_logvar=qv, prior_mean=pm, prior_logvar=pv)
 
     def decode(self, z: Tensor) -> Tensor:
         """Pixel means g(z) of every frame at once: (B, T, K, d) → (B, T, C, H, W)."""
         B, T = z.shape[:2]
-        return self.decoder(z.flatten(0, 1).flatten(1)).unflatten(0, (B, T))
+        return self._image_net(self.decoder, z.flatten(0, 1).flatten(1)).unflatten(0, (B, T))
 
     @torch.no_grad()
     def encode(self, frames: Tensor, *, sample: bool = False,
