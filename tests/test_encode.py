@@ -69,7 +69,9 @@ def test_deterministic_and_chunking_does_not_change_the_result(model, clip):
     c = encode_video(model, clip, fps=None, chunk=1000, progress=False)
     assert model.training
     for key in ("mean", "var", "timestamps"):
-        np.testing.assert_array_equal(a[key], b[key])  # chunked == unchunked (CPU)
+        # chunked == unchunked up to float rounding: the conv kernels may sum in another
+        # order for another batch size
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(b[key], c[key])  # twice == once
 
 

@@ -9,7 +9,6 @@ folder with the final name is always complete; older ones are pruned only afterw
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,26 +22,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from indpred.errors import UserError
+from indpred.fileio import file_digest, fsync_path
 
 FORMAT = "indpred-checkpoint"
 VERSION = 1
 PREFIX = "step-"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -116,17 +100,17 @@ def _write(tmp: Path, final: Path, model: nn.Module, optimizer: torch.optim.Opti
         "format": FORMAT,
         "version": VERSION,
         "step": step,
-        "sha256": {n: _sha256(tmp / n) for n in ("model.safetensors", "train_state.safetensors")},
+        "sha256": {n: file_digest(tmp / n) for n in ("model.safetensors", "train_state.safetensors")},
         "optimizer": optim_meta,
         "extra": extra or {},
     }
     (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
     for name in ("model.safetensors", "train_state.safetensors", "state.json"):
-        _fsync(tmp / name)
+        fsync_path(tmp / name)
     if final.exists():  # the same step written twice (e.g. a resumed run ending where it began)
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
 
 
 def clean_stale_temporaries(checkpoints_dir: Path) -> None:
@@ -166,7 +150,7 @@ def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str
     loaded = {}
     for name, digest in state["sha256"].items():
         file = path / name
-        if not file.is_file() or _sha256(file) != digest:
+        if not file.is_file() or file_digest(file) != digest:
             raise UserError(f"checkpoint file {file} is missing or corrupt (checksum mismatch)")
         try:
             loaded[name] = load_file(str(file))

@@ -40,9 +40,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from indpred.train import train
 
     if args.resume:
-        if args.preset or args.set or args.mnist or args.config or args.data:
+        if args.preset or args.set or args.mnist or args.config or args.data or args.device:
             raise UserError("--resume continues a run with its saved config; drop --preset/--config/"
-                            "--set/--mnist (only --steps may change)")
+                            "--set/--mnist/--device (only --steps may change)")
         cfg = RunConfig()  # replaced by the run's own config.json
     else:
         if args.preset and args.config:
@@ -53,10 +53,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg = RunConfig.load(Path(args.config))
         else:
             cfg = get_preset(args.preset or ("street-8f" if args.data else "demo"))
-        cfg = apply_overrides(cfg, _mnist_override(args) + list(args.set))
+        device = [f"train.device={args.device}"] if args.device else []
+        cfg = apply_overrides(cfg, _mnist_override(args) + device + list(args.set))
     out = Path(args.out) if args.out else _next_free(Path("runs") / cfg.preset)
     result = train(cfg, out, resume=args.resume, force=args.force, steps=args.steps,
                    progress=not args.no_progress)
+    if result.rank:  # under torchrun, rank 0 alone reports
+        return 130 if result.stopped_early else 0
     if result.stopped_early:
         print(f"stopped at step {result.step}; continue with: indpred train --resume --out {out}")
         return 130
@@ -198,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on a prepared video folder (indpred prepare-video); default preset street-8f")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--force", action="store_true", help="start over in an existing --out")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N (same as --set train.device=…); "
+                   "under torchrun each rank uses cuda:LOCAL_RANK")
     common_data(p)
     p.set_defaults(func=cmd_train)
 

@@ -65,7 +65,7 @@ class TrainConfig:
     """Optimisation and bookkeeping."""
 
     steps: int = 20_000
-    batch_size: int = 32
+    batch_size: int = 32  # sequences per step and per process: under torchrun the global batch is R·B
     lr: float = 3e-4  # Adam; the authors' code used 3e-4
     lr_decay: float = 1.0  # multiply the learning rate by this every lr_decay_every steps
     lr_decay_every: int = 1000
@@ -80,6 +80,15 @@ class TrainConfig:
     eval_every: int = 500  # steps between test-set ELBO evaluations (0: only at the end)
     checkpoint_every: int = 500  # steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 2
+    # Speed and memory; none changes what is computed beyond float rounding (docs/PERFORMANCE.md).
+    precision: str = "fp32"  # image networks in training: "fp32" | "bf16" (autocast; ELBO in float32)
+    channels_last: bool = False  # NHWC layout for the convolutions (faster on GPU tensor cores)
+    compile: str = "off"  # torch.compile the objective: "off" | "default" | "reduce-overhead" | "max-autotune"
+    activation_checkpointing: bool = False  # recompute the image networks' activations in backward
+    data_workers: int = 0  # DataLoader processes generating batches ahead (0: in the training process)
+
+
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -186,6 +195,12 @@ def validate(cfg: RunConfig) -> None:
         (t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
         (t.threads >= 0, f"train.threads must be >= 0, got {t.threads}"),
         (t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}"),
+        (t.precision in ("fp32", "bf16"), f"train.precision must be 'fp32' or 'bf16', got {t.precision!r}"),
+        (t.compile in COMPILE_MODES,
+         f"train.compile must be one of {', '.join(COMPILE_MODES)}, got {t.compile!r}"),
+        (not (t.compile != "off" and t.activation_checkpointing),
+         "train.activation_checkpointing cannot be combined with train.compile (use one)"),
+        (t.data_workers >= 0, f"train.data_workers must be >= 0, got {t.data_workers}"),
     ]
     for ok, message in checks:
         if not ok:

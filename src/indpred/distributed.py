@@ -114,6 +114,22 @@ def all_reduce_sum(t: Tensor, ranks: Ranks) -> Tensor:
     return t
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """y = Σ_r x_r on every rank; the gradient of x_r is Σ_r of the gradients of y."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        y = x.clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
 class GlobalBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d with training statistics over every rank's batch; any backend, CPU included.
 
@@ -128,13 +144,11 @@ class GlobalBatchNorm(nn.BatchNorm2d):
         if not (self.training and dist.is_available() and dist.is_initialized()
                 and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         C = x.shape[1]
         xf = x.float()
         local = torch.cat([xf.sum(dim=(0, 2, 3)), xf.square().sum(dim=(0, 2, 3)),
                            xf.new_full((1,), x.numel() // C)])  # (2C + 1,)
-        total = all_reduce(local, op=dist.ReduceOp.SUM)
+        total = _AllReduceSum.apply(local)
         n = total[-1]
         mean = total[:C] / n  # (C,)
         var = (total[C:2 * C] / n - mean.square()).clamp_min(0.0)  # (C,) biased, as BN normalises

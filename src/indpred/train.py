@@ -1,12 +1,24 @@
-"""Training: the optimisation loop, checkpoints, logging, resumption.
+"""Training: the optimisation loop, checkpoints, logging, resumption, several processes.
 
 Every step draws its batch by index (step·B … step·B + B − 1 of the training stream),
 and the reparameterisation noise comes from one saved generator, so a resumed run
 repeats exactly what an uninterrupted one would have done.
+
+Under ``torchrun`` (see :mod:`indpred.distributed`) R processes train one model with
+DistributedDataParallel. ``train.batch_size`` is then the batch of each rank (the
+global batch is R·B): at step s rank r takes sequences (s·R + r)·B … (s·R + r + 1)·B − 1,
+so together the ranks take exactly the R·B sequences one process with batch R·B would,
+in the same order; the noise is drawn for the whole global batch from one generator
+in the same state on every rank, each rank using its own rows; batch norm normalises
+over the global batch. R processes therefore train what one process trains on the
+global batch, up to float rounding. Rank 0 alone holds the run lock, logs, evaluates
+and writes checkpoints; the others never touch the run folder (rank 0 sends them the
+config and, on resume, the checkpoint).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -21,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from indpred import distributed
 from indpred import run as runfolder
 from indpred.checkpoint import (
     clean_stale_temporaries,
@@ -35,11 +49,13 @@ from indpred.checkpoint import (
 )
 from indpred.config import DataConfig, RunConfig
 from indpred.data import MovingMNIST
+from indpred.distributed import SINGLE, Ranks
 from indpred.errors import UserError
 from indpred.eval.elbo import dataset_elbo
+from indpred.fileio import write_text_atomic
 from indpred.lock import run_lock
 from indpred.model import FactoredVAE
-from indpred.objective import sequence_elbo
+from indpred.objective import ElboTerms, sequence_elbo
 
 TRAIN_STREAM_LENGTH = 2**31 - 1  # the training stream is, in practice, endless
 
@@ -68,13 +84,137 @@ def make_datasets(data: DataConfig) -> tuple[Dataset, Dataset]:
 
 @dataclass
 class TrainResult:
-    """Where a finished (or stopped) run stands."""
+    """Where a finished (or stopped) run stands (``test`` is empty on ranks other than 0)."""
 
     run_dir: Path
     step: int
     test: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     stopped_early: bool = False
+    rank: int = 0
+
+
+# ---------------------------------------------------------------------------- the step
+
+
+class ElboObjective(nn.Module):
+    """The training objective as a module: what DDP wraps and ``torch.compile`` compiles.
+
+    ``forward(frames (B, T, C, H, W), noise (B, T, K, d))`` returns the per-sequence
+    log-likelihood (B,) and KL per factor (B, K), in nats per frame.
+    """
+
+    def __init__(self, model: FactoredVAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        terms = sequence_elbo(self.model, frames, noise=noise)
+        return terms.log_likelihood, terms.kl
+
+
+@dataclass
+class Trainer:
+    """A model ready to train: itself (for checkpoints and evaluation), its objective
+    (wrapped in DDP and compiled as configured) and its optimiser."""
+
+    model: FactoredVAE
+    objective: nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+def make_model(cfg: RunConfig, device: torch.device) -> FactoredVAE:
+    """The model, initialised from ``train.seed``, on ``device``, executing as ``train`` says."""
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    model = FactoredVAE(cfg.model).to(device)
+    return model.configure(precision=tc.precision, channels_last=tc.channels_last,
+                           activation_checkpointing=tc.activation_checkpointing)
+
+
+def make_trainer(model: FactoredVAE, cfg: RunConfig, device: torch.device,
+                 ranks: Ranks = SINGLE) -> Trainer:
+    """Wrap ``model`` for training: global batch norm and DDP over several ranks, compilation, Adam."""
+    tc = cfg.train
+    objective: nn.Module = ElboObjective(model)
+    if ranks.active:
+        distributed.sync_batch_norm(model, device)
+        # Batch norm's statistics are global already: no broadcast of buffers at each step.
+        no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                          inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                          else {"broadcast_buffers": False})
+        objective = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
+    if tc.compile != "off":
+        objective = torch.compile(objective, mode=None if tc.compile == "default" else tc.compile)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    return Trainer(model=model, objective=objective, optimizer=optimizer)
+
+
+def forward_backward(trainer: Trainer, frames: Tensor, noise: Tensor, kl_weight: float = 1.0
+                     ) -> tuple[Tensor, ElboTerms]:
+    """Loss and ELBO terms of one batch, gradients accumulated (no optimiser step).
+
+    The loss is ``−(log-likelihood − kl_weight·KL)`` averaged over the batch.
+    """
+    ll, kl = trainer.objective(frames, noise)  # (B,), (B, K)
+    loss = -(ll - kl_weight * kl.sum(-1)).mean()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss, ElboTerms(log_likelihood=ll.detach(), kl=kl.detach())
+
+
+# ---------------------------------------------------------------------------- data
+
+
+class StepBatches(Dataset):
+    """Item s: the frames (B, T, C, H, W) one rank trains on at step s.
+
+    Rank r of R takes sequences (s·R + r)·B … (s·R + r + 1)·B − 1 of ``dataset``.
+    With ``compact``, frames whose values are exactly k/255 (Moving MNIST's, decoded
+    video's) travel as uint8, a quarter of the bytes; :func:`step_batches` restores
+    them bit for bit.
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, ranks: Ranks = SINGLE, *,
+                 compact: bool = False) -> None:
+        self.dataset, self.batch_size, self.ranks, self.compact = dataset, batch_size, ranks, compact
+
+    def __len__(self) -> int:
+        return TRAIN_STREAM_LENGTH // (self.batch_size * self.ranks.world)
+
+    def __getitem__(self, step: int) -> Tensor:
+        B, R, r = self.batch_size, self.ranks.world, self.ranks.rank
+        first = (step * R + r) * B
+        frames = self.dataset.get_batch(range(first, first + B))["frames"]
+        if self.compact:
+            levels = frames.mul(255.0).round_().to(torch.uint8)
+            if torch.equal(levels.float().div_(255.0), frames):
+                return levels
+        return frames
+
+
+def step_batches(dataset: Any, batch_size: int, start: int, stop: int, device: torch.device, *,
+                 ranks: Ranks = SINGLE, workers: int = 0) -> Iterator[Tensor]:
+    """The training frames of steps ``start`` … ``stop − 1`` on ``device``, in order.
+
+    ``workers`` > 0 generates them in that many DataLoader processes, ahead of the
+    training (pinned memory and asynchronous copies on a GPU); 0 generates each batch
+    in this process when it is needed. Either way step s gets the same frames.
+    """
+    batches = StepBatches(dataset, batch_size, ranks, compact=workers > 0)
+    if workers == 0:
+        for s in range(start, stop):
+            yield batches[s].to(device, non_blocking=True)
+        return
+    loader = DataLoader(batches, batch_size=None, sampler=range(start, stop), num_workers=workers,
+                        pin_memory=device.type == "cuda", prefetch_factor=4)
+    for frames in loader:
+        frames = frames.to(device, non_blocking=True)
+        yield frames.float().div_(255.0) if frames.dtype == torch.uint8 else frames
+
+
+# ---------------------------------------------------------------------------- run folder
 
 
 def check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> bool:
@@ -122,7 +262,7 @@ def _trim_metrics(path: Path, last_step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:  # a line cut short by a kill
             continue
-    write_atomic(path, "".join(line + "\n" for line in kept))
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 @contextmanager
@@ -158,23 +298,88 @@ def train(
     """Train (or resume) the run in ``run_dir``; returns the final test ELBO.
 
     On resume the run's own ``config.json`` is used and ``steps`` may extend it.
-    The run folder is locked for the whole call (one writer per run).
+    The run folder is locked for the whole call (one writer per run). Under torchrun
+    every rank calls this; only rank 0 reads or writes ``run_dir`` (see the module).
     """
     run_dir = Path(run_dir)
-    clear = check_run_dir(run_dir, resume=resume, force=force)
-    if resume:
-        cfg = runfolder.load_config(run_dir)
-    if steps is not None:
-        cfg.train.steps = steps
-    cfg.resolve()
-    device = runfolder.resolve_device(cfg.train.device)
-    datasets = make_datasets(cfg.data)  # fails early on a bad MNIST folder
-    make_run_dir(run_dir, clear=False)
-    with run_lock(run_dir, "train"):
-        if clear:
-            make_run_dir(run_dir, clear=True)
-        cfg.save(run_dir / runfolder.CONFIG)
-        return _train_locked(cfg, run_dir, device, datasets, resume=resume, progress=progress)
+    with distributed.process_group() as ranks:
+        if not ranks.main:
+            return _train_follower(run_dir, ranks, progress=progress)
+        handshake = _Handshake(ranks)
+        try:
+            clear = check_run_dir(run_dir, resume=resume, force=force)
+            if resume:
+                cfg = runfolder.load_config(run_dir)
+            if steps is not None:
+                cfg.train.steps = steps
+            cfg.resolve()
+            device = distributed.training_device(runfolder.resolve_device(cfg.train.device), ranks)
+            datasets = make_datasets(cfg.data)  # fails early on a bad MNIST folder
+            make_run_dir(run_dir, clear=False)
+            with run_lock(run_dir, "train"):
+                if clear:
+                    make_run_dir(run_dir, clear=True)
+                cfg.save(run_dir / runfolder.CONFIG)
+                return _train_locked(cfg, run_dir, device, datasets, resume=resume,
+                                     progress=progress, ranks=ranks, handshake=handshake)
+        except BaseException as e:
+            handshake.send({"error": str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"})
+            raise
+
+
+class _Handshake:
+    """Rank 0 tells the other ranks, once, what to train, or why it cannot."""
+
+    def __init__(self, ranks: Ranks) -> None:
+        self.ranks, self.done = ranks, not ranks.active
+
+    def send(self, message: dict[str, Any]) -> None:
+        if not self.done:
+            self.done = True
+            distributed.share(message, self.ranks)
+
+
+def _train_follower(run_dir: Path, ranks: Ranks, *, progress: bool) -> TrainResult:
+    """A rank other than 0: train with the config and checkpoint rank 0 sends."""
+    message = distributed.share(None, ranks)
+    if "error" in message:
+        raise UserError(f"rank 0 did not start training: {message['error']}")
+    cfg = RunConfig.from_dict(message["config"])
+    device = distributed.training_device(runfolder.resolve_device(cfg.train.device), ranks)
+    train_set, _ = make_datasets(cfg.data)
+    _setup_torch(cfg)
+    model = make_model(cfg, device)
+    if message["checkpoint"] is not None:
+        load_weights(model, message["checkpoint"][1], run_dir)
+    trainer = make_trainer(model, cfg, device, ranks)
+    noise = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
+    start = _restore(trainer, noise, message["checkpoint"])
+    return _loop(cfg, run_dir, device, trainer, noise, train_set, None, start=start, ranks=ranks,
+                 progress=False)
+
+
+def _setup_torch(cfg: RunConfig) -> None:
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    if tc.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _restore(trainer: Trainer, noise: torch.Generator, checkpoint: tuple | None) -> int:
+    """Load a checkpoint's optimiser and noise state (weights are already loaded); its step."""
+    if checkpoint is None:
+        return 0
+    state, _, train_tensors = checkpoint
+    trainer.optimizer.load_state_dict(optimizer_from_flat(train_tensors, state["optimizer"]))
+    for p, slots in trainer.optimizer.state.items():  # moments in the parameter's memory layout
+        for name, value in slots.items():
+            if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                slots[name] = torch.empty_like(p).copy_(value)
+    noise.set_state(train_tensors["rng.noise"])
+    return state["step"]
 
 
 def _train_locked(
@@ -185,48 +390,70 @@ def _train_locked(
     *,
     resume: bool,
     progress: bool,
+    ranks: Ranks = SINGLE,
+    handshake: _Handshake | None = None,
 ) -> TrainResult:
     tc = cfg.train
     train_set, test_set = datasets
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    if tc.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    torch.manual_seed(tc.seed)
-    model = FactoredVAE(cfg.model).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    noise = torch.Generator(device=device).manual_seed(tc.seed + 1)
-
-    start = 0
+    _setup_torch(cfg)
+    model = make_model(cfg, device)
     ckpt_dir = run_dir / runfolder.CHECKPOINTS
     clean_stale_temporaries(ckpt_dir)
+    checkpoint = None
     if resume and (found := read_latest_valid(ckpt_dir)) is not None:
         ckpt, state, weights, train_tensors = found
         load_weights(model, weights, ckpt)
-        optimizer.load_state_dict(optimizer_from_flat(train_tensors, state["optimizer"]))
-        noise.set_state(train_tensors["rng.noise"])
-        start = state["step"]
-        _trim_metrics(run_dir / runfolder.METRICS, start)
-    saved_at = start if resume and start else None
+        checkpoint = (state, weights, train_tensors)
+        _trim_metrics(run_dir / runfolder.METRICS, state["step"])
+    if handshake is not None:
+        handshake.send({"config": cfg.to_dict(), "checkpoint": checkpoint})
+    trainer = make_trainer(model, cfg, device, ranks)
+    noise = torch.Generator(device=device).manual_seed(tc.seed + 1)
+    start = _restore(trainer, noise, checkpoint)
+    return _loop(cfg, run_dir, device, trainer, noise, train_set, test_set, start=start,
+                 ranks=ranks, progress=progress, resumed=resume and start > 0)
+
+
+def _loop(
+    cfg: RunConfig,
+    run_dir: Path,
+    device: torch.device,
+    trainer: Trainer,
+    noise: torch.Generator,
+    train_set: Dataset,
+    test_set: Dataset | None,
+    *,
+    start: int,
+    ranks: Ranks,
+    progress: bool,
+    resumed: bool = False,
+) -> TrainResult:
+    """The optimisation loop, on every rank; rank 0 alone logs, evaluates and checkpoints."""
+    tc = cfg.train
+    model, optimizer = trainer.model, trainer.optimizer
+    main = ranks.main
+    ckpt_dir = run_dir / runfolder.CHECKPOINTS
+    saved_at = start if resumed else None
 
     def checkpoint(step: int) -> None:
         nonlocal saved_at
-        if saved_at == step:
+        if saved_at == step or not main:
             return
         save_checkpoint(ckpt_dir, step, model, optimizer, rng={"noise": noise.get_state()},
                         extra={"preset": cfg.preset, "skipped_steps": skipped},
                         keep=tc.keep_checkpoints)
         saved_at = step
 
-    B, T = tc.batch_size, cfg.data.seq_len
-    log = (run_dir / runfolder.METRICS).open("a")
+    B, T, R = tc.batch_size, cfg.data.seq_len, ranks.world
+    K, d = cfg.model.factors, cfg.model.factor_dim
+    rows = slice(ranks.rank * B, (ranks.rank + 1) * B)  # this rank's share of the global noise
+    log = (run_dir / runfolder.METRICS).open("a") if main else None
     interactive = sys.stderr.isatty()  # in a log file, one progress line every 30 s
-    bar = tqdm(total=tc.steps, initial=start, disable=not progress, unit="step",
+    bar = tqdm(total=tc.steps, initial=start, disable=not (progress and main), unit="step",
                dynamic_ncols=True, desc=run_dir.name, mininterval=0.1 if interactive else 30.0)
+    batches = step_batches(train_set, B, start, tc.steps, device, ranks=ranks, workers=tc.data_workers)
     sums = {"elbo": 0.0, "log_likelihood": 0.0, "n": 0}
-    kl_sum = torch.zeros(cfg.model.factors, dtype=torch.float64)
+    kl_sum = torch.zeros(K, dtype=torch.float64)
     t_log, t0 = time.perf_counter(), time.perf_counter()
     step = start
     skipped, bad_in_a_row = 0, 0
@@ -235,78 +462,92 @@ def _train_locked(
     try:
         with _stop_on_signals() as signals:
             while step < tc.steps:
-                frames = train_set.get_batch(range(step * B, (step + 1) * B))["frames"]
-                frames = frames.to(device, non_blocking=True)  # (B, T, C, H, W)
+                frames = next(batches)  # (B, T, C, H, W) on the device
                 lr = tc.lr * tc.lr_decay ** (step // tc.lr_decay_every)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 beta = min(1.0, (step + 1) / tc.kl_warmup) if tc.kl_warmup else 1.0
                 buffers = [b.clone() for b in model.buffers()]  # batch-norm statistics
-                terms = sequence_elbo(model, frames, generator=noise)
-                loss = -(terms.log_likelihood - beta * terms.kl.sum(-1)).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                eps = torch.randn(R * B, T, K, d, device=device, generator=noise)[rows]  # (B, T, K, d)
+                loss, terms = forward_backward(trainer, frames, eps, beta)
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     model.parameters(), tc.grad_clip if tc.grad_clip else math.inf)
+                # One transfer (and, over several ranks, one all-reduce) for every figure
+                # the step decides on or logs: loss, gradient norm, ELBO, its terms, stop.
+                figures = torch.cat([loss.detach().reshape(1), grad_norm.reshape(1).to(loss),
+                                     terms.elbo.mean().reshape(1), terms.log_likelihood.mean().reshape(1),
+                                     terms.kl.mean(0), loss.new_full((1,), float(signals["stop"]))])
+                if ranks.active:
+                    distributed.all_reduce_sum(figures, ranks)
+                    figures[:-1] /= R
+                loss_v, norm_v, elbo_v, ll_v, *kl_v, stop_v = figures.tolist()
+                stop = stop_v > 0 or (not ranks.active and signals["stop"])
                 step += 1
                 bar.update(1)
-                if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
                     # Skip the update, undo the statistics the bad batch touched, count it.
                     for b, saved in zip(model.buffers(), buffers):
                         b.copy_(saved)
                     optimizer.zero_grad(set_to_none=True)
                     skipped += 1
                     bad_in_a_row += 1
-                    log.write(json.dumps({"step": step, "split": "train", "skipped": "non-finite "
-                                          "loss or gradient", "skipped_total": skipped}) + "\n")
-                    log.flush()
+                    if log is not None:
+                        log.write(json.dumps({"step": step, "split": "train", "skipped": "non-finite "
+                                              "loss or gradient", "skipped_total": skipped}) + "\n")
+                        log.flush()
                     if bad_in_a_row >= tc.max_bad_steps:
-                        last = latest_checkpoint(ckpt_dir)
+                        last = latest_checkpoint(ckpt_dir) if main else None
                         raise UserError(
                             f"training stopped at step {step}: {bad_in_a_row} steps in a row had a "
                             f"non-finite loss or gradient; the last good checkpoint "
                             f"({last.name if last else 'none'}) is intact. Lower train.lr or set "
                             "train.grad_clip, then --resume")
+                    if stop:
+                        stopped = step < tc.steps
+                        break
                     continue
                 bad_in_a_row = 0
                 optimizer.step()
 
-                with torch.no_grad():
-                    sums["elbo"] += terms.elbo.mean().item()
-                    sums["log_likelihood"] += terms.log_likelihood.mean().item()
-                    kl_sum += terms.kl.mean(0).double().cpu()
-                    sums["n"] += 1
+                sums["elbo"] += elbo_v
+                sums["log_likelihood"] += ll_v
+                kl_sum += torch.tensor(kl_v, dtype=torch.float64)
+                sums["n"] += 1
                 if (step % tc.log_every == 0 or step == tc.steps) and sums["n"]:
                     now = time.perf_counter()
                     n = sums["n"]
-                    fps = n * B * T / max(now - t_log, 1e-9)
+                    fps = n * R * B * T / max(now - t_log, 1e-9)  # global: every rank's frames
                     record = {"step": step, "split": "train", "elbo": sums["elbo"] / n,
                               "log_likelihood": sums["log_likelihood"] / n,
                               "kl": (kl_sum / n).tolist(), "lr": lr, "kl_weight": beta,
                               "frames_per_s": fps}
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
+                    if log is not None:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
                     bar.set_postfix(elbo=f"{record['elbo']:.1f}", fps=f"{fps:.0f}", refresh=interactive)
                     sums = {"elbo": 0.0, "log_likelihood": 0.0, "n": 0}
                     kl_sum.zero_()
                     t_log = now
-                if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
+                if main and tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
                     test = dataset_elbo(model, test_set, seed=cfg.data.seed, device=device)
                     log.write(json.dumps({"step": step, "split": "test", **test}) + "\n")
                     log.flush()
                 if tc.checkpoint_every and step % tc.checkpoint_every == 0:
                     checkpoint(step)
-                if signals["stop"]:
+                if stop:
                     stopped = step < tc.steps
                     break
     finally:
+        batches.close()
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
     checkpoint(step)
 
     elapsed = time.perf_counter() - t0
-    result = TrainResult(run_dir=run_dir, step=step, seconds=elapsed, stopped_early=stopped)
-    if stopped:
+    result = TrainResult(run_dir=run_dir, step=step, seconds=elapsed, stopped_early=stopped,
+                         rank=ranks.rank)
+    if stopped or not main:
         return result
     result.test = dataset_elbo(model, test_set, seed=cfg.data.seed, device=device)
     with (run_dir / runfolder.METRICS).open("a") as f:
@@ -315,14 +556,9 @@ def _train_locked(
     summary = {
         "preset": cfg.preset, "step": step, "test": result.test, "skipped_steps": skipped,
         "train_seconds_this_session": elapsed,
-        "frames_per_s_this_session": trained * B * T / elapsed if trained else None,
+        "frames_per_s_this_session": trained * R * B * T / elapsed if trained else None,
     }
-    write_atomic(run_dir / runfolder.SUMMARY, json.dumps(summary, indent=2) + "\n")
+    if ranks.active:
+        summary["ranks"] = R
+    write_text_atomic(run_dir / runfolder.SUMMARY, json.dumps(summary, indent=2) + "\n")
     return result
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file through a temporary file and a rename (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from indpred.errors import UserError
+from indpred.fileio import file_digest
 
 __all__ = [
     "EMBEDDED",
@@ -193,15 +194,6 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _md5_file(path: Path) -> str:
-    """The md5 hex digest of a file, read in chunks."""
-    h = hashlib.md5()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_mnist(out: Path, mirrors: Sequence[str] = MIRRORS, progress: bool = True) -> Path:
     """Download the four original MNIST gz files into ``out`` and return ``out``.
 
@@ -219,7 +211,7 @@ def download_mnist(out: Path, mirrors: Sequence[str] = MIRRORS, progress: bool =
         raise UserError("no MNIST mirrors given: pass at least one URL")
     for name, want in MD5.items():
         dest = out / name
-        if dest.is_file() and _md5_file(dest) == want:
+        if dest.is_file() and _md5(dest) == want:
             _say(progress, f"{name}: present and verified")
             continue
         errors = []
@@ -267,3 +259,7 @@ def _say(progress: bool, message: str) -> None:
     """Print a progress line to stderr when asked to."""
     if progress:
         print(message, file=sys.stderr, flush=True)
+
+
+def _md5(path: Path) -> str:
+    return file_digest(path, "md5")

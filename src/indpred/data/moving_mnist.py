@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
+from indpred.data.batched import BatchedDataset
 from indpred.data.mnist import load_digits
 from indpred.errors import UserError
 
@@ -145,7 +145,7 @@ def render(digits: Tensor, positions: Tensor, *, image_size: int, colour: bool) 
     return canvas.amax(dim=2, keepdim=True)  # (B, T, 1, H, W)
 
 
-class MovingMNIST(Dataset):
+class MovingMNIST(BatchedDataset):
     """Bouncing MNIST digits with ground truth, generated on the fly and reproducibly.
 
     Item i of (seed, split) is fixed: its random draws come from
@@ -200,22 +200,6 @@ class MovingMNIST(Dataset):
     def channels(self) -> int:
         """C: 3 in colour mode, 1 in grayscale."""
         return 3 if self.colour else 1
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        batch = self.get_batch([index])
-        return {key: value[0] for key, value in batch.items()}
-
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Tensor]]:
-        """Items for a DataLoader batch, rendered together by :meth:`get_batch`.
-
-        torch's DataLoader calls this instead of ``__getitem__`` per index when it
-        exists; the default collate then stacks the items again.
-        """
-        batch = self.get_batch(indices)
-        return [{key: value[j] for key, value in batch.items()} for j in range(len(indices))]
 
     def get_batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
         """Items ``indices`` stacked on a leading batch dimension, rendered in one go.

@@ -48,7 +48,6 @@ from __future__ import annotations
 import array
 import contextlib
 import ctypes
-import hashlib
 import json
 import math
 import numbers
@@ -69,10 +68,11 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 from torch import Tensor
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from indpred.data.batched import BatchedDataset
 from indpred.errors import UserError
+from indpred.fileio import file_digest, fsync_path
 
 __all__ = [
     "FORMAT",
@@ -416,22 +416,6 @@ def list_videos(src: str | Path) -> list[Path]:
     return videos
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _FrameWriter:
     """Appends (size, size, 3) uint8 frames to one raw file, piece by piece."""
 
@@ -586,7 +570,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
             raise
         shutil.rmtree(old, ignore_errors=True)
     with contextlib.suppress(OSError):
-        _fsync(out.parent)
+        fsync_path(out.parent)
 
 
 def _match_names(names: Sequence[str], wanted: Sequence[str], what: str) -> set[str]:
@@ -717,7 +701,7 @@ def prepare_videos(
         used_stems: set[str] = set()
         for path in sources:
             try:
-                sha = _sha256(path) if path.stat().st_size else ""
+                sha = file_digest(path) if path.stat().st_size else ""
             except OSError as e:
                 sha = ""  # unreadable: VideoReader says why below
                 if len(sources) == 1:
@@ -761,8 +745,8 @@ def prepare_videos(
             manifest = previous
         else:
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            _fsync(tmp / MANIFEST)
-            _fsync(tmp / FRAMES_DIR)
+            fsync_path(tmp / MANIFEST)
+            fsync_path(tmp / FRAMES_DIR)
             _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -841,7 +825,7 @@ class _Segment:
     hi: int  # one past its last frame
 
 
-class VideoFrames(Dataset):
+class VideoFrames(BatchedDataset):
     """T-frame windows of a prepared video folder, like :class:`~indpred.data.MovingMNIST`.
 
     A window is ``seq_len`` kept frames ``start, start + stride, ...`` of one video
@@ -920,18 +904,6 @@ class VideoFrames(Dataset):
             m = np.memmap(self.data_dir / e["file"], dtype=np.uint8, mode="r", shape=(e["frames"], s, s, 3))
             self._maps[video] = m
         return m
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        batch = self.get_batch([index])
-        return {key: value[0] for key, value in batch.items()}
-
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Tensor]]:
-        """Items for a DataLoader batch, read together by :meth:`get_batch`."""
-        batch = self.get_batch(indices)
-        return [{key: value[j] for key, value in batch.items()} for j in range(len(indices))]
 
     def get_batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
         """Items ``indices`` stacked: frames (B, T, 3, 64, 64) float32, video (B,), start (B,) int64."""

@@ -44,21 +44,21 @@ PRECISIONS = ("fp32", "bf16")
 
 
 @contextlib.contextmanager
-def _batch_stats_frozen(net: nn.Module) -> Iterator[None]:
-    """Batch norm in ``net`` normalises by batch statistics but leaves its running ones alone.
+def _running_stats_kept(net: nn.Module) -> Iterator[None]:
+    """Whatever runs inside leaves the batch-norm running statistics of ``net`` as they were.
 
     Activation checkpointing runs a network's forward a second time during backward;
-    without this, that recomputation would update the running statistics twice.
+    this keeps that recomputation from updating the running statistics twice.
     """
-    norms = [m for m in net.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    for m in norms:
-        m.track_running_stats = False
+    buffers = [b for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               for b in m.buffers()]
+    saved = [b.clone() for b in buffers]
     try:
         yield
     finally:
-        for m in norms:
-            m.track_running_stats = True
+        with torch.no_grad():
+            for b, value in zip(buffers, saved):
+                b.copy_(value)
 
 
 class FactoredVAE(nn.Module):
@@ -118,7 +118,7 @@ class FactoredVAE(nn.Module):
         bf16 = self.precision == "bf16" and self.training
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                contexts: Callable = lambda: (contextlib.nullcontext(), _batch_stats_frozen(net))  # noqa: E731
+                contexts: Callable = lambda: (contextlib.nullcontext(), _running_stats_kept(net))  # noqa: E731
                 out = checkpoint(net, x, use_reentrant=False, preserve_rng_state=False,
                                  context_fn=contexts)
             else:
