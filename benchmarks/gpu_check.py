@@ -2,8 +2,9 @@
 
 On the same weights, frames and noise: CUDA float32 against CPU float32; the vectorised
 model against the naive reference; activation checkpointing against none; channels-last
-and bf16 against float32. Prints one PASS or FAIL line per check and exits non-zero on
-a failure. ``--device cpu`` runs the same checks on the CPU (a smoke test of this script).
+and bf16 against float32; Moving MNIST rendered on the device against ``get_batch``.
+Prints one PASS or FAIL line per check and exits non-zero on a failure. ``--device cpu``
+runs the same checks on the CPU (a smoke test of this script).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import sys
 import torch
 
 from indpred.config import ModelConfig
+from indpred.data import MovingMNIST
 from indpred.model import FactoredVAE
 from indpred.model.naive import naive_sequence_elbo
 from indpred.objective import sequence_elbo
+from indpred.train import step_batches
 
 FAILED: list[str] = []
 
@@ -71,7 +74,8 @@ def main() -> None:
     e_train, g_train = elbo_and_grads(model, x, eps)
     ckpt = copy.deepcopy(model).configure(activation_checkpointing=True)
     e_ckpt, g_ckpt = elbo_and_grads(ckpt, x, eps)
-    check("activation checkpointing = none (train)", rel(e_ckpt, e_train) < 1e-6 and rel(g_ckpt, g_train) < 1e-5,
+    check("activation checkpointing = none (train)",
+          rel(e_ckpt, e_train) < 1e-6 and rel(g_ckpt, g_train) < 1e-5,
           f"ELBO rel {rel(e_ckpt, e_train):.1e}, gradient rel {rel(g_ckpt, g_train):.1e}")
     nhwc = copy.deepcopy(model).configure(channels_last=True)
     e_cl, g_cl = elbo_and_grads(nhwc, x, eps)
@@ -82,6 +86,11 @@ def main() -> None:
     cosine = torch.nn.functional.cosine_similarity(g_bf.double(), g_train.double(), dim=0).item()
     check("bf16 autocast ~ float32 (train)", rel(e_bf, e_train) < 1e-3 and cosine > 0.99,
           f"ELBO rel {rel(e_bf, e_train):.1e}, gradient cosine {cosine:.4f}")
+
+    data = MovingMNIST(split="train", seq_len=10, length=100_000)
+    on_device = next(step_batches(data, 64, 3, 4, device, workers=0, render_on_device=True))
+    same = torch.equal(on_device.cpu(), data.get_batch(range(192, 256))["frames"])
+    check("Moving MNIST rendered on the device = get_batch", same, f"{tuple(on_device.shape)} frames")
     if FAILED:
         print(f"{len(FAILED)} check(s) failed: {', '.join(FAILED)}")
         sys.exit(1)

@@ -32,21 +32,33 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
 
-import torch  # noqa: E402
+import torch
 
-from indpred.config import RunConfig, apply_overrides, get_preset  # noqa: E402
-from indpred.model.naive import naive_sequence_elbo  # noqa: E402
-from indpred.train import forward_backward, make_model, make_trainer  # noqa: E402
+from indpred.config import RunConfig, apply_overrides, get_preset
+from indpred.model.naive import naive_sequence_elbo
+from indpred.train import forward_backward, make_model, make_trainer
 
 WIDTHS = {"paper": "mmnist-2f", "demo": "demo"}  # width name -> the preset it comes from
+
+
+def processor() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (else what platform knows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def configure(args: argparse.Namespace, width: str) -> RunConfig:
@@ -91,8 +103,12 @@ def variants(cfg: RunConfig, device: torch.device, names: list[str]) -> dict[str
         loss_fn = floor_loss if tc.compile == "off" else torch.compile(
             floor_loss, mode=None if tc.compile == "default" else tc.compile)
 
+        graphs = tc.compile in ("reduce-overhead", "max-autotune")
+
         def floor_step() -> None:
             floor_model.zero_grad(set_to_none=True)
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             loss_fn().backward()
 
         steps["floor"] = floor_step
@@ -192,7 +208,7 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     per_round = args.steps_per_round or (10 if device.type == "cuda" else 1)
     names = [n for n in args.variants.split(",") if n]
-    cpu = platform.processor() or platform.machine()
+    cpu = processor()
     if device.type == "cuda":
         cpu = torch.cuda.get_device_name(device)
     print(f"torch {torch.__version__}, {cpu}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "

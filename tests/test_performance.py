@@ -17,7 +17,7 @@ from indpred.errors import UserError
 from indpred.model import FactoredVAE
 from indpred.model.naive import naive_sequence_elbo, naive_transition
 from indpred.objective import sequence_elbo
-from indpred.train import StepBatches, step_batches
+from indpred.train import step_batches
 
 
 def small(**kw) -> ModelConfig:
@@ -129,16 +129,18 @@ def test_bf16_runs_the_image_networks_in_bf16_and_the_elbo_in_float32():
     assert seen == [torch.float32]
 
 
-def test_batches_from_dataloader_workers_are_the_same_frames():
+def test_every_way_of_preparing_batches_gives_the_same_frames():
     data = MovingMNIST(split="train", seq_len=3, seed=7, length=10_000)
     cpu = torch.device("cpu")
     inline = list(step_batches(data, 4, 2, 5, cpu, workers=0))
-    ahead = list(step_batches(data, 4, 2, 5, cpu, workers=2))
-    assert len(inline) == len(ahead) == 3
-    for a, b in zip(inline, ahead):
-        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+    assert len(inline) == 3
     assert torch.equal(inline[0], data.get_batch(range(8, 12))["frames"])  # step 2 of B = 4
-    assert StepBatches(data, 4, compact=True)[2].dtype == torch.uint8  # k/255 frames travel as bytes
+    for ahead in (list(step_batches(data, 4, 2, 5, cpu, workers=2)),  # DataLoader processes
+                  list(step_batches(data, 4, 2, 5, cpu, render_on_device=True)),  # what a GPU does
+                  list(step_batches(data, 4, 2, 5, cpu, workers=1, render_on_device=True))):
+        assert len(ahead) == 3
+        for a, b in zip(inline, ahead):
+            assert b.dtype == torch.float32 and torch.equal(a, b)
 
 
 def test_new_training_options_are_validated(tiny_config):
@@ -148,8 +150,10 @@ def test_new_training_options_are_validated(tiny_config):
     for bad in ("train.precision=fp16", "train.compile=fast", "train.data_workers=-1"):
         with pytest.raises(UserError, match=bad.split("=")[0]):
             apply_overrides(fresh(), [bad])
-    with pytest.raises(UserError, match="cannot be combined"):
-        apply_overrides(fresh(), ["train.compile=default", "train.activation_checkpointing=true"])
-    ok = apply_overrides(fresh(), ["precision=bf16", "channels_last=true", "compile=reduce-overhead",
-                                       "data_workers=2"])
+    for both in ("train.activation_checkpointing=true", "train.channels_last=true"):
+        with pytest.raises(UserError, match="cannot be combined"):
+            apply_overrides(fresh(), ["train.compile=default", both])
+    ok = apply_overrides(fresh(), ["precision=bf16", "compile=reduce-overhead", "data_workers=2"])
     assert (ok.train.precision, ok.train.compile, ok.train.data_workers) == ("bf16", "reduce-overhead", 2)
+    ok = apply_overrides(fresh(), ["channels_last=true", "activation_checkpointing=true"])
+    assert ok.train.channels_last and ok.train.activation_checkpointing

@@ -83,9 +83,9 @@ class TrainConfig:
     # Speed and memory; none changes what is computed beyond float rounding (docs/PERFORMANCE.md).
     precision: str = "fp32"  # image networks in training: "fp32" | "bf16" (autocast; ELBO in float32)
     channels_last: bool = False  # NHWC layout for the convolutions (faster on GPU tensor cores)
-    compile: str = "off"  # torch.compile the objective: "off" | "default" | "reduce-overhead" | "max-autotune"
+    compile: str = "off"  # torch.compile the objective: off | default | reduce-overhead | max-autotune
     activation_checkpointing: bool = False  # recompute the image networks' activations in backward
-    data_workers: int = 0  # DataLoader processes generating batches ahead (0: in the training process)
+    data_workers: int = 0  # DataLoader processes preparing batches ahead (0: in the training process)
 
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -200,6 +200,9 @@ def validate(cfg: RunConfig) -> None:
          f"train.compile must be one of {', '.join(COMPILE_MODES)}, got {t.compile!r}"),
         (not (t.compile != "off" and t.activation_checkpointing),
          "train.activation_checkpointing cannot be combined with train.compile (use one)"),
+        (not (t.compile != "off" and t.channels_last),
+         "train.channels_last cannot be combined with train.compile (the compiler picks the "
+         "convolutions' memory layout itself)"),
         (t.data_workers >= 0, f"train.data_workers must be >= 0, got {t.data_workers}"),
     ]
     for ok, message in checks:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
@@ -49,6 +50,7 @@ from indpred.checkpoint import (
 )
 from indpred.config import DataConfig, RunConfig
 from indpred.data import MovingMNIST
+from indpred.data.moving_mnist import bounce, render
 from indpred.distributed import SINGLE, Ranks
 from indpred.errors import UserError
 from indpred.eval.elbo import dataset_elbo
@@ -121,6 +123,7 @@ class Trainer:
     model: FactoredVAE
     objective: nn.Module
     optimizer: torch.optim.Optimizer
+    cuda_graphs: bool = False  # compiled with CUDA graphs: each step must be marked
 
 
 def make_model(cfg: RunConfig, device: torch.device) -> FactoredVAE:
@@ -148,7 +151,8 @@ def make_trainer(model: FactoredVAE, cfg: RunConfig, device: torch.device,
     if tc.compile != "off":
         objective = torch.compile(objective, mode=None if tc.compile == "default" else tc.compile)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    return Trainer(model=model, objective=objective, optimizer=optimizer)
+    return Trainer(model=model, objective=objective, optimizer=optimizer,
+                   cuda_graphs=tc.compile in ("reduce-overhead", "max-autotune"))
 
 
 def forward_backward(trainer: Trainer, frames: Tensor, noise: Tensor, kl_weight: float = 1.0
@@ -157,6 +161,8 @@ def forward_backward(trainer: Trainer, frames: Tensor, noise: Tensor, kl_weight:
 
     The loss is ``−(log-likelihood − kl_weight·KL)`` averaged over the batch.
     """
+    if trainer.cuda_graphs:  # a new step: the graphs may reuse the last step's output memory
+        torch.compiler.cudagraph_mark_step_begin()
     ll, kl = trainer.objective(frames, noise)  # (B,), (B, K)
     loss = -(ll - kl_weight * kl.sum(-1)).mean()
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -168,50 +174,83 @@ def forward_backward(trainer: Trainer, frames: Tensor, noise: Tensor, kl_weight:
 
 
 class StepBatches(Dataset):
-    """Item s: the frames (B, T, C, H, W) one rank trains on at step s.
+    """Item s: what one rank trains on at step s: its frames (B, T, C, H, W), or with
+    ``draws_only`` (Moving MNIST) just each sequence's random draws, for :class:`DeviceRenderer`.
 
     Rank r of R takes sequences (s·R + r)·B … (s·R + r + 1)·B − 1 of ``dataset``.
-    With ``compact``, frames whose values are exactly k/255 (Moving MNIST's, decoded
-    video's) travel as uint8, a quarter of the bytes; :func:`step_batches` restores
-    them bit for bit.
     """
 
     def __init__(self, dataset: Any, batch_size: int, ranks: Ranks = SINGLE, *,
-                 compact: bool = False) -> None:
-        self.dataset, self.batch_size, self.ranks, self.compact = dataset, batch_size, ranks, compact
+                 draws_only: bool = False) -> None:
+        self.dataset, self.batch_size, self.ranks = dataset, batch_size, ranks
+        self.draws_only = draws_only
 
     def __len__(self) -> int:
         return TRAIN_STREAM_LENGTH // (self.batch_size * self.ranks.world)
 
-    def __getitem__(self, step: int) -> Tensor:
+    def __getitem__(self, step: int) -> Any:
         B, R, r = self.batch_size, self.ranks.world, self.ranks.rank
-        first = (step * R + r) * B
-        frames = self.dataset.get_batch(range(first, first + B))["frames"]
-        if self.compact:
-            levels = frames.mul(255.0).round_().to(torch.uint8)
-            if torch.equal(levels.float().div_(255.0), frames):
-                return levels
-        return frames
+        indices = range((step * R + r) * B, (step * R + r + 1) * B)
+        if self.draws_only:
+            return DeviceRenderer.draws(self.dataset, indices)
+        return self.dataset.get_batch(indices)["frames"]
+
+
+class DeviceRenderer:
+    """Moving MNIST frames rendered on the training device, equal to ``get_batch``'s frames.
+
+    Each sequence's random draws (digits, start, velocity) are the dataset's own, made on
+    the CPU (a few numbers per sequence, cheap enough for DataLoader workers); the digit
+    pool sits on the device, and the motion and the pixels are computed there with the
+    dataset module's own ``bounce`` and ``render``, so no frame crosses the bus. It reads
+    the dataset's digit pool and per-item draws (``_images``, ``_draw``): a
+    ``get_batch(indices, device=…)`` in ``data/moving_mnist.py`` would make it unnecessary.
+    """
+
+    def __init__(self, dataset: MovingMNIST, device: torch.device) -> None:
+        self.dataset, self.device = dataset, device
+        self.images = torch.from_numpy(dataset._images.copy()).to(device)  # (N, 28, 28) uint8
+        self.levels = torch.tensor(255.0, device=device)  # a tensor: exact division on CUDA too
+
+    @staticmethod
+    def draws(dataset: MovingMNIST, indices: range) -> tuple[Tensor, Tensor, Tensor]:
+        """Pool indices (B, D) and start positions and velocities (B, D, 2) of ``indices``."""
+        drawn = [dataset._draw(dataset._check_index(i)) for i in indices]
+        pool, p0, v0 = (torch.from_numpy(np.stack([d[j] for d in drawn])) for j in range(3))
+        return pool, p0, v0
+
+    def __call__(self, draws: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        pool, p0, v0 = draws
+        d = self.dataset
+        positions, _ = bounce(p0, v0, d.seq_len, d.max_position)  # (B, T, D, 2) float64, CPU
+        digits = self.images[pool.to(self.device)].float() / self.levels  # (B, D, 28, 28)
+        positions = positions.float().to(self.device, non_blocking=True)
+        return render(digits, positions, image_size=d.image_size, colour=d.colour)  # (B, T, C, H, W)
 
 
 def step_batches(dataset: Any, batch_size: int, start: int, stop: int, device: torch.device, *,
-                 ranks: Ranks = SINGLE, workers: int = 0) -> Iterator[Tensor]:
+                 ranks: Ranks = SINGLE, workers: int = 0,
+                 render_on_device: bool | None = None) -> Iterator[Tensor]:
     """The training frames of steps ``start`` … ``stop − 1`` on ``device``, in order.
 
-    ``workers`` > 0 generates them in that many DataLoader processes, ahead of the
-    training (pinned memory and asynchronous copies on a GPU); 0 generates each batch
-    in this process when it is needed. Either way step s gets the same frames.
+    ``workers`` > 0 prepares them in that many DataLoader processes, ahead of the
+    training (pinned memory and asynchronous copies on a GPU); 0 prepares each batch in
+    this process when it is needed. Moving MNIST on a GPU (``render_on_device`` None:
+    automatic) is rendered there by :class:`DeviceRenderer`, the workers making only
+    the draws. Whichever way, step s gets the same frames.
     """
-    batches = StepBatches(dataset, batch_size, ranks, compact=workers > 0)
+    if render_on_device is None:
+        render_on_device = isinstance(dataset, MovingMNIST) and device.type == "cuda"
+    renderer = DeviceRenderer(dataset, device) if render_on_device else None
+    items = StepBatches(dataset, batch_size, ranks, draws_only=renderer is not None)
     if workers == 0:
-        for s in range(start, stop):
-            yield batches[s].to(device, non_blocking=True)
-        return
-    loader = DataLoader(batches, batch_size=None, sampler=range(start, stop), num_workers=workers,
-                        pin_memory=device.type == "cuda", prefetch_factor=4)
-    for frames in loader:
-        frames = frames.to(device, non_blocking=True)
-        yield frames.float().div_(255.0) if frames.dtype == torch.uint8 else frames
+        source: Iterator[Any] = (items[s] for s in range(start, stop))
+    else:
+        source = iter(DataLoader(items, batch_size=None, sampler=range(start, stop), num_workers=workers,
+                                 pin_memory=device.type == "cuda" and renderer is None,
+                                 prefetch_factor=4))
+    for item in source:
+        yield renderer(item) if renderer is not None else item.to(device, non_blocking=True)
 
 
 # ---------------------------------------------------------------------------- run folder
@@ -365,7 +404,7 @@ def _setup_torch(cfg: RunConfig) -> None:
     if tc.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = not tc.deterministic  # fastest conv algorithms (GPU only)
 
 
 def _restore(trainer: Trainer, noise: torch.Generator, checkpoint: tuple | None) -> int:

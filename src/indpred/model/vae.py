@@ -11,7 +11,8 @@ prediction as the posterior sees it, the combiner's remaining layers and the sam
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +60,11 @@ def _running_stats_kept(net: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for b, value in zip(buffers, saved):
                 b.copy_(value)
+
+
+def _recompute_contexts(net: nn.Module) -> tuple[contextlib.AbstractContextManager, ...]:
+    """Checkpointing's contexts: none for the forward, running statistics kept for the recompute."""
+    return contextlib.nullcontext(), _running_stats_kept(net)
 
 
 class FactoredVAE(nn.Module):
@@ -118,9 +124,8 @@ class FactoredVAE(nn.Module):
         bf16 = self.precision == "bf16" and self.training
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                contexts: Callable = lambda: (contextlib.nullcontext(), _running_stats_kept(net))  # noqa: E731
                 out = checkpoint(net, x, use_reentrant=False, preserve_rng_state=False,
-                                 context_fn=contexts)
+                                 context_fn=functools.partial(_recompute_contexts, net))
             else:
                 out = net(x)
         return out.float()
