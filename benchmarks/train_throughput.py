@@ -35,7 +35,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import copy
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -45,20 +44,10 @@ import torch
 from indpred.config import RunConfig, apply_overrides, get_preset
 from indpred.model.naive import naive_sequence_elbo
 from indpred.train import forward_backward, make_model, make_trainer
+from machine import cpu_model  # benchmarks/machine.py (scripts run from this folder)
 
 WIDTHS = {"paper": "mmnist-2f", "demo": "demo"}  # width name -> the preset it comes from
 
-
-def processor() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it (else what platform knows)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def configure(args: argparse.Namespace, width: str) -> RunConfig:
@@ -208,7 +197,7 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     per_round = args.steps_per_round or (10 if device.type == "cuda" else 1)
     names = [n for n in args.variants.split(",") if n]
-    cpu = processor()
+    cpu = cpu_model()
     if device.type == "cuda":
         cpu = torch.cuda.get_device_name(device)
     print(f"torch {torch.__version__}, {cpu}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "

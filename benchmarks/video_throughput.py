@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import io
 import os
-import platform
 import statistics
 import subprocess
 import tempfile
@@ -32,18 +31,7 @@ import av
 
 from indpred.data.video import VideoReader, VideoWarning, prepare_videos
 from indpred.paths import shared_data_dir
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or platform's guess elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from machine import cpu_model  # benchmarks/machine.py (scripts run from this folder)
 
 
 def timed(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, tuple[float, float]]:
