@@ -23,7 +23,6 @@ Conventions (all positions and velocities are (row, col) in pixels):
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from indpred.data.batched import BatchedDataset
+from indpred.data.batched import BatchedDataset, check_int
 from indpred.data.mnist import load_digits
 from indpred.errors import UserError
 
@@ -185,11 +184,11 @@ class MovingMNIST(BatchedDataset):
             raise UserError(f"unknown split {split!r}: use 'train' or 'test'")
         if kinematics not in KINEMATICS:
             raise UserError(f"unknown kinematics {kinematics!r}: use 'standard' or 'integer'")
-        self.n_digits = _check_int("n_digits", n_digits, 1, 3)
-        self.seq_len = _check_int("seq_len", seq_len, 1)
-        self.image_size = _check_int("image_size", image_size, DIGIT_SIZE)
-        self.seed = _check_int("seed", seed, 0)
-        self.length = _check_int("length", length, 1)
+        self.n_digits = check_int("n_digits", n_digits, 1, 3)
+        self.seq_len = check_int("seq_len", seq_len, 1)
+        self.image_size = check_int("image_size", image_size, DIGIT_SIZE)
+        self.seed = check_int("seed", seed, 0)
+        self.length = check_int("length", length, 1)
         self.split = split
         self.kinematics = kinematics
         self.colour = bool(colour)
@@ -225,15 +224,6 @@ class MovingMNIST(BatchedDataset):
             "labels": torch.from_numpy(self._labels[pool_idx]),  # (B, D) int64
         }
 
-    def _check_index(self, index: int) -> int:
-        """A valid item index (negative counts from the end), else IndexError."""
-        i = operator.index(index)
-        if i < 0:
-            i += self.length
-        if not 0 <= i < self.length:
-            raise IndexError(f"index {index} out of range for {self.length} items")
-        return i
-
     def _draw(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Item ``index``'s random draws: pool indices (D,), p0 (D, 2), v0 (D, 2) float64."""
         ss = np.random.SeedSequence([self.seed, _SPLIT_CODES[self.split], index])
@@ -257,16 +247,3 @@ class MovingMNIST(BatchedDataset):
             f"image_size={self.image_size}, seed={self.seed}, length={self.length})"
         )
 
-
-def _check_int(name: str, value: int, lo: int, hi: int | None = None) -> int:
-    """``value`` as an int in ``[lo, hi]``, else a UserError saying what is allowed."""
-    allowed = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
-    if isinstance(value, bool):
-        raise UserError(f"{name} must be {allowed}, got {value!r}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise UserError(f"{name} must be {allowed}, got {value!r}") from None
-    if v < lo or (hi is not None and v > hi):
-        raise UserError(f"{name} must be {allowed}, got {v}")
-    return v

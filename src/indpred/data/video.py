@@ -51,7 +51,6 @@ import ctypes
 import json
 import math
 import numbers
-import operator
 import os
 import re
 import secrets
@@ -70,7 +69,7 @@ from av.video.reformatter import VideoReformatter
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from indpred.data.batched import BatchedDataset
+from indpred.data.batched import BatchedDataset, check_int
 from indpred.errors import UserError
 from indpred.fileio import file_digest, fsync_path
 
@@ -849,10 +848,10 @@ class VideoFrames(BatchedDataset):
             raise UserError(f"unknown split {split!r}: use 'train' or 'test'")
         self.data_dir = Path(data_dir)
         self.split = split
-        self.seq_len = _check_int("seq_len", seq_len, 1)
-        self.seed = _check_int("seed", seed, 0)
-        self.length = _check_int("length", length, 1)
-        self.stride = _check_int("stride", stride, 1)
+        self.seq_len = check_int("seq_len", seq_len, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.length = check_int("length", length, 1)
+        self.stride = check_int("stride", stride, 1)
         self.manifest = load_manifest(self.data_dir)
         self.videos: list[dict] = self.manifest["videos"]
         self.image_size = int(self.manifest["settings"]["size"])
@@ -918,14 +917,6 @@ class VideoFrames(BatchedDataset):
             "start": torch.tensor([s for _, s in windows], dtype=torch.int64),
         }
 
-    def _check_index(self, index: int) -> int:
-        i = operator.index(index)
-        if i < 0:
-            i += self.length
-        if not 0 <= i < self.length:
-            raise IndexError(f"index {index} out of range for {self.length} items")
-        return i
-
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_maps"] = {}  # memory maps are reopened in the receiving process
@@ -936,14 +927,3 @@ class VideoFrames(BatchedDataset):
                 f"seed={self.seed}, length={self.length}, stride={self.stride}; "
                 f"{len(self.segments)} videos, {self.n_windows} windows)")
 
-
-def _check_int(name: str, value: int, lo: int) -> int:
-    if isinstance(value, bool):
-        raise UserError(f"{name} must be an integer >= {lo}, got {value!r}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise UserError(f"{name} must be an integer >= {lo}, got {value!r}") from None
-    if v < lo:
-        raise UserError(f"{name} must be an integer >= {lo}, got {v}")
-    return v
