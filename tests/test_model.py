@@ -173,3 +173,32 @@ def test_encoding_in_chunks_equals_encoding_in_one_piece():
     m2, v2 = model.encode(x[:, 3:], initial=m1[:, -1])
     torch.testing.assert_close(torch.cat([m1, m2], 1), whole_mean)
     torch.testing.assert_close(torch.cat([v1, v2], 1), whole_var)
+
+
+def test_per_factor_decoder_adds_one_image_per_factor():
+    """g(a, b) = g1(a) + g2(b) before the activation: moving factor 2 changes the logits
+    by the same amount whatever factor 1 holds, and the shared decoder does not have that."""
+    torch.manual_seed(7)
+    for layout, additive in (("per-factor", True), ("shared", False)):
+        model = FactoredVAE(small(decoder=layout, decoder_output="linear")).eval()
+        a, a2, b, b2 = torch.randn(4, 5, 1, 1, 3).unbind(0)  # (B, T, 1, d) each
+
+        def g(f1, f2):
+            return model.decode(torch.cat([f1, f2], dim=2))  # (B, T, C, H, W)
+
+        with torch.no_grad():
+            gap = (g(a, b2) - g(a, b)) - (g(a2, b2) - g(a2, b))
+        assert (gap.abs().max() < 1e-4) == additive, layout
+
+
+def test_per_factor_decoder_keeps_the_channel_widths_and_splits_them():
+    shared = FactoredVAE(ModelConfig(factors=2, factor_dim=16, width=1.0))
+    split = FactoredVAE(ModelConfig(factors=2, factor_dim=16, width=1.0, decoder="per-factor"))
+    widths = [[c.out_channels for c in m.decoder.modules() if isinstance(c, torch.nn.ConvTranspose2d)]
+              for m in (shared, split)]
+    assert widths == [[512, 256, 128, 64, 3], [512, 256, 128, 64, 6]]  # 6: an RGB image per factor
+    n_shared, n_split = (sum(p.numel() for p in m.decoder.net.parameters()) for m in (shared, split))
+    assert n_split < 0.55 * n_shared  # two half-width generators: about half the weights
+    one = FactoredVAE(ModelConfig(factors=1, factor_dim=32, width=1.0, decoder="per-factor"))
+    assert sum(p.numel() for p in one.decoder.parameters()) == sum(
+        p.numel() for p in shared.decoder.parameters())  # K = 1: the paper's generator

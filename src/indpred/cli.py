@@ -88,7 +88,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if results[name].stopped_early:
             print(f"stopped; continue with: indpred train --resume --out {out / name}")
             return 130
-    from indpred.compare import write_comparison
+    from indpred.compare import separation_lines, write_comparison
     from indpred.eval.evaluate import evaluate_run
 
     for name in results:
@@ -97,6 +97,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     md, md_path, _ = write_comparison([out / "factored", out / "entangled"], out / "comparison")
     print()
     print(md, end="")
+    print()
+    for line in separation_lines([out / "factored", out / "entangled"]):
+        print(line)
     seconds = sum(r.seconds for r in results.values())
     print(f"\ntrained both in {seconds / 60:.1f} min; comparison: {md_path}")
     for name in results:

@@ -61,6 +61,29 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+COLOURS = ("red", "green", "blue")  # digit j is drawn on channel j (SPEC §2)
+SEPARATED = 0.9  # alignment at or above which the summary calls the digits separated
+
+
+def separation_lines(run_dirs: list[str | Path]) -> list[str]:
+    """One plain sentence per run saying which factor drives which digit, and whether they separate."""
+    lines = []
+    for run_dir in run_dirs:
+        m = load_metrics(run_dir)
+        al = m.get("alignment", {})
+        if al.get("score") is None:
+            continue
+        unit = "group" if m["mutual_information"].get("partition") else "factor"
+        pairs = ", ".join(f"{unit} {k + 1} → digit {j + 1} ({COLOURS[j]})"
+                          for k, j in al["assignment"])
+        verdict = ("separated: each digit is driven by its own " + unit
+                   if al["score"] >= SEPARATED and al.get("dominant_distinct")
+                   else "not separated")
+        lines.append(f"{Path(run_dir).name}: alignment {al['score']:.2f} (chance {al['chance']:.2f}; "
+                     f"{pairs}): {verdict}")
+    return lines
+
+
 def write_comparison(run_dirs: list[str | Path], out: Path) -> tuple[str, Path, Path]:
     """Write ``out``.md and ``out``.json; returns the Markdown and both paths."""
     rows = comparison_rows(run_dirs)

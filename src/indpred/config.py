@@ -34,6 +34,10 @@ class ModelConfig:
     # "none":  the prediction is detached outright.
     posterior_prior_grad: str = "state"
     decoder_output: str = "sigmoid"  # final activation of the pixel means: "sigmoid" | "linear"
+    # The generator's layout: "shared" (the paper's: one network over all K·d units) or
+    # "per-factor" (beyond the paper: each factor renders its own image, the K images are
+    # added before the final activation; same channel widths in all, split between factors).
+    decoder: str = "shared"
     logvar_min: float = -10.0  # soft bounds on every predicted log-variance
     logvar_max: float = 5.0
     # Bookkeeping only (the networks ignore it): for an entangled twin, the K of the
@@ -175,6 +179,8 @@ def validate(cfg: RunConfig) -> None:
          f"model.posterior_prior_grad must be 'state' or 'none', got {m.posterior_prior_grad!r}"),
         (m.decoder_output in ("sigmoid", "linear"),
          f"model.decoder_output must be 'sigmoid' or 'linear', got {m.decoder_output!r}"),
+        (m.decoder in ("shared", "per-factor"),
+         f"model.decoder must be 'shared' or 'per-factor', got {m.decoder!r}"),
         (m.logvar_min < m.logvar_max, "model.logvar_min must be below model.logvar_max"),
         (m.twin_factors >= 0, f"model.twin_factors must be >= 0, got {m.twin_factors}"),
         (d.dataset in ("mmnist", "video"), f"data.dataset must be 'mmnist' or 'video', got {d.dataset!r}"),

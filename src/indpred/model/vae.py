@@ -87,7 +87,8 @@ class FactoredVAE(nn.Module):
             layers=c.transition_layers, logvar_bounds=bounds,
         )
         self.decoder = Decoder(
-            z_dim=c.z_dim, out_channels=c.channels, width=c.width, output=c.decoder_output
+            z_dim=c.z_dim, out_channels=c.channels, width=c.width, output=c.decoder_output,
+            groups=c.factors if c.decoder == "per-factor" else 1,
         )
         self.precision = "fp32"
         self.channels_last = False
