@@ -183,7 +183,7 @@ def test_per_factor_decoder_adds_one_image_per_factor():
         model = FactoredVAE(small(decoder=layout, decoder_output="linear")).eval()
         a, a2, b, b2 = torch.randn(4, 5, 1, 1, 3).unbind(0)  # (B, T, 1, d) each
 
-        def g(f1, f2):
+        def g(f1, f2, model=model):
             return model.decode(torch.cat([f1, f2], dim=2))  # (B, T, C, H, W)
 
         with torch.no_grad():
