@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from indpred.cli import main
@@ -109,3 +110,24 @@ def test_eval_bad_input(runs, tmp_path, capsys, argv, message):
     assert main([*argv, "--no-progress"] if argv[0] == "eval" else argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("indpred: error:") and "\n" not in err and message in err, err
+
+
+def test_separation_lines_say_which_factor_drives_which_digit(tmp_path):
+    from indpred.compare import separation_lines
+    from indpred.metrics.alignment import alignment_score
+
+    cases = {  # delta[k, j]: how much digit j changes when factor k moves
+        "aligned": ([[0.0, 0.9], [1.0, 0.05]], None),  # factor 1 → green, factor 2 → red
+        "mixed": ([[0.5, 0.5], [0.5, 0.4]], None),
+        "twin": ([[0.0, 0.9], [1.0, 0.05]], {"groups": 2}),  # an entangled run's unit groups
+    }
+    for name, (delta, partition) in cases.items():
+        (tmp_path / name / "eval").mkdir(parents=True)
+        metrics = {"alignment": alignment_score(np.array(delta)),
+                   "mutual_information": {"partition": partition}}
+        (tmp_path / name / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    aligned, mixed, twin = separation_lines([tmp_path / n for n in cases])
+    assert aligned.startswith("aligned: alignment 0.97")
+    assert "factor 1 → digit 2 (green), factor 2 → digit 1 (red)" in aligned and "separated:" in aligned
+    assert mixed.endswith("not separated") and "alignment 0.53" in mixed
+    assert "group 1 → digit 2 (green)" in twin

@@ -75,3 +75,24 @@ def test_existing_run_is_never_overwritten_without_force(tmp_path, tiny_config):
     train(tiny_config, run, steps=2, force=True, progress=False)
     assert (run / "notes.txt").read_text() == "mine"  # --force clears only indpred's files
     assert latest_checkpoint(run / "checkpoints").name == "step-00000002"
+
+
+def test_free_bits_leave_factors_below_the_floor_unpenalised(tiny_config):
+    """A floor above every factor's KL removes the KL from the gradient (the transition,
+    reached only through the KL, gets none); a floor of zero is the plain ELBO loss."""
+    from indpred.train import forward_backward, make_model, make_trainer
+
+    frames = torch.rand(4, 3, 3, 64, 64)
+    noise = torch.randn(4, 3, tiny_config.model.factors, tiny_config.model.factor_dim)
+    results = {}
+    for floor in (0.0, 1e6):
+        trainer = make_trainer(make_model(tiny_config, torch.device("cpu")), tiny_config,
+                               torch.device("cpu"))
+        loss, terms = forward_backward(trainer, frames, noise, free_bits=floor)
+        grads = [p.grad for p in trainer.model.transition.parameters()]
+        results[floor] = (loss.item(), terms, max(g.abs().max().item() for g in grads))
+    (plain, terms, g_plain), (floored, _, g_floored) = results[0.0], results[1e6]
+    assert plain == pytest.approx(-terms.elbo.mean().item(), rel=1e-6)
+    K = tiny_config.model.factors
+    assert floored == pytest.approx(-terms.log_likelihood.mean().item() + K * 1e6, rel=1e-6)
+    assert g_plain > 0 and g_floored == 0

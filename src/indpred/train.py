@@ -155,16 +155,20 @@ def make_trainer(model: FactoredVAE, cfg: RunConfig, device: torch.device,
                    cuda_graphs=tc.compile in ("reduce-overhead", "max-autotune"))
 
 
-def forward_backward(trainer: Trainer, frames: Tensor, noise: Tensor, kl_weight: float = 1.0
-                     ) -> tuple[Tensor, ElboTerms]:
+def forward_backward(trainer: Trainer, frames: Tensor, noise: Tensor, kl_weight: float = 1.0,
+                     free_bits: float = 0.0) -> tuple[Tensor, ElboTerms]:
     """Loss and ELBO terms of one batch, gradients accumulated (no optimiser step).
 
-    The loss is ``−(log-likelihood − kl_weight·KL)`` averaged over the batch.
+    The loss is ``−(log-likelihood − kl_weight·KL)`` averaged over the batch; with
+    ``free_bits`` > 0 each factor's batch-mean KL enters as ``max(KL_k, free_bits)``.
     """
     if trainer.cuda_graphs:  # a new step: the graphs may reuse the last step's output memory
         torch.compiler.cudagraph_mark_step_begin()
     ll, kl = trainer.objective(frames, noise)  # (B,), (B, K)
-    loss = -(ll - kl_weight * kl.sum(-1)).mean()
+    if free_bits > 0:
+        loss = -ll.mean() + kl_weight * kl.mean(0).clamp(min=free_bits).sum()
+    else:
+        loss = -(ll - kl_weight * kl.sum(-1)).mean()
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     return loss, ElboTerms(log_likelihood=ll.detach(), kl=kl.detach())
@@ -508,7 +512,7 @@ def _loop(
                 beta = min(1.0, (step + 1) / tc.kl_warmup) if tc.kl_warmup else 1.0
                 buffers = [b.clone() for b in model.buffers()]  # batch-norm statistics
                 eps = torch.randn(R * B, T, K, d, device=device, generator=noise)[rows]  # (B, T, K, d)
-                loss, terms = forward_backward(trainer, frames, eps, beta)
+                loss, terms = forward_backward(trainer, frames, eps, beta, tc.free_bits)
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     model.parameters(), tc.grad_clip if tc.grad_clip else math.inf)
                 # One transfer (and, over several ranks, one all-reduce) for every figure
