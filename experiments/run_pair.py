@@ -29,6 +29,11 @@ def finished_step(run: Path) -> int | None:
     return json.loads(summary.read_text())["step"] if summary.is_file() else None
 
 
+def evaluated_step(run: Path) -> int | None:
+    metrics = run / "eval" / "metrics.json"
+    return json.loads(metrics.read_text())["step"] if metrics.is_file() else None
+
+
 def train_or_resume(cfg, run: Path, steps: int, progress: bool) -> None:
     if finished_step(run) == steps:
         return
@@ -53,9 +58,9 @@ def targets(f: dict, e: dict, alignment_target: float) -> list[dict]:
     rows = []
     fe, ee = mean(f, "elbo"), mean(e, "elbo")
     if fe is not None and ee is not None:
-        gap = (ee - fe) / abs(ee)
-        rows.append({"target": "factored ELBO within 1 % of entangled", "value": f"{100 * gap:+.2f} %",
-                     "met": gap <= 0.01})
+        gap = (fe - ee) / abs(ee)  # > 0: the factored bound is the higher (better) one
+        rows.append({"target": "factored ELBO within 1 % of entangled (or above it)",
+                     "value": f"{fe - ee:+.1f} nats/frame ({100 * gap:+.2f} %)", "met": gap >= -0.01})
     fs, fc, ec = mean(f, "same_bits"), mean(f, "cross_bits"), mean(e, "cross_bits")
     if fs is not None and fc is not None:
         ratio = fs / fc if fc > 0 else float("inf")
@@ -107,6 +112,9 @@ def main() -> None:
         for name, cfg in twins:
             run = out / f"{name}-seed{seed}"
             train_or_resume(cfg, run, steps, not args.no_progress)
+            if evaluated_step(run) == steps:  # evaluated after its last step already
+                runs[name].append(run)
+                continue
             evaluate_run(run, sequences=8 if args.tiny else args.eval_sequences,
                          iw_samples=2 if args.tiny else 10, partitions=2 if args.tiny else 20,
                          progress=not args.no_progress)

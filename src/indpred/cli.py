@@ -71,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from indpred.train import train
+    from indpred.compare import separation_lines, write_comparison
 
     base = apply_overrides(get_preset("demo"), _mnist_override(args) + list(args.set))
     if args.seed is not None:
@@ -79,32 +79,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
     twin = entangled(base)
     twin.preset = "demo-entangled"
     out = _next_free(Path(args.out))
+    runs = [out / "factored", out / "entangled"]
+    side_by_side = not args.sequential and (os.cpu_count() or 1) >= 2
     print(f"indpred demo: training the factored model (K={base.model.factors}, "
           f"d={base.model.factor_dim}) and its entangled twin (K=1, d={twin.model.factor_dim}) "
-          f"into {out}/")
-    results = {}
-    for name, cfg in (("factored", base), ("entangled", twin)):
-        results[name] = train(cfg, out / name, steps=args.steps, progress=not args.no_progress)
-        if results[name].stopped_early:
-            print(f"stopped; continue with: indpred train --resume --out {out / name}")
-            return 130
-    from indpred.compare import separation_lines, write_comparison
-    from indpred.eval.evaluate import evaluate_run
+          f"{'side by side ' if side_by_side else ''}into {out}/")
+    if side_by_side:
+        from indpred.demo import evaluate_side_by_side, train_side_by_side
 
-    for name in results:
-        evaluate_run(out / name, sequences=args.eval_sequences, iw_samples=5,
-                     progress=not args.no_progress)
-    md, md_path, _ = write_comparison([out / "factored", out / "entangled"], out / "comparison")
+        results, wall = train_side_by_side([(base, runs[0]), (twin, runs[1])], args.steps,
+                                           progress=not args.no_progress)
+    else:
+        from indpred.train import train
+
+        results, wall = [], 0.0
+        for cfg, run in ((base, runs[0]), (twin, runs[1])):
+            r = train(cfg, run, steps=args.steps, progress=not args.no_progress)
+            results.append((r.seconds, r.stopped_early))
+            wall += r.seconds
+            if r.stopped_early:
+                break
+    if any(stopped for _, stopped in results) or len(results) < 2:
+        for run in runs:
+            if (run / "config.json").is_file():
+                print(f"stopped; continue with: indpred train --resume --out {run}")
+        return 130
+    if side_by_side:
+        evaluate_side_by_side(runs, args.eval_sequences, progress=not args.no_progress)
+    else:
+        from indpred.eval.evaluate import evaluate_run
+
+        for run in runs:
+            evaluate_run(run, sequences=args.eval_sequences, iw_samples=5, progress=not args.no_progress)
+    md, md_path, _ = write_comparison(runs, out / "comparison")
     print()
     print(md, end="")
     print()
-    for line in separation_lines([out / "factored", out / "entangled"]):
+    for line in separation_lines(runs):
         print(line)
-    seconds = sum(r.seconds for r in results.values())
-    print(f"\ntrained both in {seconds / 60:.1f} min; comparison: {md_path}")
-    for name in results:
-        print(f"report ({name}): {out / name / 'eval' / 'report.html'}")
-    print(f"load a model with indpred.load_model('{out / 'factored'}')")
+    print(f"\ntrained both in {wall / 60:.1f} min; comparison: {md_path}")
+    for run in runs:
+        print(f"report ({run.name}): {run / 'eval' / 'report.html'}")
+    print(f"load a model with indpred.load_model('{runs[0]}')")
     return 0
 
 
@@ -217,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-sequences", type=int, default=128,
                    help="test sequences each model is evaluated on (default 128)")
     common_data(p)
+    p.add_argument("--sequential", action="store_true",
+                   help="train the twins one after the other (default: side by side, one "
+                        "process each, when there are two or more cores)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("eval", help="evaluate a run: ELBO, correlation, MI, generations, report")
