@@ -251,3 +251,22 @@ def test_saving_is_atomic_even_if_the_rename_fails(tmp_path, tiny_config, monkey
     with pytest.raises(UserError, match="cannot write checkpoint step-00000002"):
         save_checkpoint(tmp_path, 2, model)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001"]
+
+
+def test_ctrl_c_during_the_demo_saves_both_twins(tmp_path):
+    """Ctrl-C reaches the whole process group: both side-by-side trainings save and stop."""
+    out = tmp_path / "demo"
+    sets = [a for kv in [*TINY, "train.checkpoint_every=0"] for a in ("--set", kv)]
+    proc = subprocess.Popen([sys.executable, "-m", "indpred", "demo", "--steps", "100000", "--out",
+                             str(out), "--no-progress", *sets], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    logs = [out / name / "metrics.jsonl" for name in ("factored", "entangled")]
+    assert wait_for(lambda: all(p.is_file() and len(p.read_text().splitlines()) >= 3 for p in logs),
+                    proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    for name in ("factored", "entangled"):
+        assert f"continue with: indpred train --resume --out {out / name}" in stdout
+        step = read_checkpoint(latest_checkpoint(out / name / "checkpoints"))[0]["step"]
+        assert 3 <= step < 100000
