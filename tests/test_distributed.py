@@ -22,7 +22,10 @@ from tests.conftest import TINY
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv-backend=c10d",
             "--rdzv-endpoint=127.0.0.1:0", "-m", "indpred", "train", "--no-progress"]
 ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-SETS = [*TINY, "train.lr=1e-3", "train.checkpoint_every=2", "train.kl_warmup=3"]
+# The shared generator: with the per-factor one, the grouped transposed convolutions' CPU
+# kernels sum in another order for another batch size, and Adam magnifies that rounding on
+# near-zero gradients beyond the tolerance within four steps. Free bits stay on (the demo's 3).
+SETS = [*TINY, "model.decoder=shared", "train.lr=1e-3", "train.checkpoint_every=2", "train.kl_warmup=3"]
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:

@@ -156,17 +156,22 @@ def make_trainer(model: FactoredVAE, cfg: RunConfig, device: torch.device,
 
 
 def forward_backward(trainer: Trainer, frames: Tensor, noise: Tensor, kl_weight: float = 1.0,
-                     free_bits: float = 0.0) -> tuple[Tensor, ElboTerms]:
+                     free_bits: float = 0.0, ranks: Ranks = SINGLE) -> tuple[Tensor, ElboTerms]:
     """Loss and ELBO terms of one batch, gradients accumulated (no optimiser step).
 
     The loss is ``−(log-likelihood − kl_weight·KL)`` averaged over the batch; with
-    ``free_bits`` > 0 each factor's batch-mean KL enters as ``max(KL_k, free_bits)``.
+    ``free_bits`` > 0 each factor's batch-mean KL enters as ``max(KL_k, free_bits)``,
+    where the mean is over the *global* batch under torchrun (one all-reduce of K
+    numbers), so that R ranks train what one process trains on their R·B sequences.
     """
     if trainer.cuda_graphs:  # a new step: the graphs may reuse the last step's output memory
         torch.compiler.cudagraph_mark_step_begin()
     ll, kl = trainer.objective(frames, noise)  # (B,), (B, K)
     if free_bits > 0:
-        loss = -ll.mean() + kl_weight * kl.mean(0).clamp(min=free_bits).sum()
+        kl_mean = kl.mean(0)  # (K,) this rank's batch mean
+        global_mean = distributed.all_reduce_sum(kl_mean.detach().clone(), ranks) / ranks.world
+        penalised = torch.where(global_mean > free_bits, kl_mean, kl_mean.new_tensor(free_bits))
+        loss = -ll.mean() + kl_weight * penalised.sum()
     else:
         loss = -(ll - kl_weight * kl.sum(-1)).mean()
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -512,7 +517,7 @@ def _loop(
                 beta = min(1.0, (step + 1) / tc.kl_warmup) if tc.kl_warmup else 1.0
                 buffers = [b.clone() for b in model.buffers()]  # batch-norm statistics
                 eps = torch.randn(R * B, T, K, d, device=device, generator=noise)[rows]  # (B, T, K, d)
-                loss, terms = forward_backward(trainer, frames, eps, beta, tc.free_bits)
+                loss, terms = forward_backward(trainer, frames, eps, beta, tc.free_bits, ranks)
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     model.parameters(), tc.grad_clip if tc.grad_clip else math.inf)
                 # One transfer (and, over several ranks, one all-reduce) for every figure
