@@ -24,18 +24,13 @@ TINY = ["model.width=0.125", "model.factor_dim=4", "model.transition_hidden=32",
         "data.test_sequences=8", "train.batch_size=4", "train.log_every=1", "train.checkpoint_every=0"]
 
 
-def finished_step(run: Path) -> int | None:
-    summary = run / "summary.json"
-    return json.loads(summary.read_text())["step"] if summary.is_file() else None
-
-
-def evaluated_step(run: Path) -> int | None:
-    metrics = run / "eval" / "metrics.json"
-    return json.loads(metrics.read_text())["step"] if metrics.is_file() else None
+def recorded_step(path: Path) -> int | None:
+    """The step a run's summary.json (trained) or eval/metrics.json (evaluated) records."""
+    return json.loads(path.read_text())["step"] if path.is_file() else None
 
 
 def train_or_resume(cfg, run: Path, steps: int, progress: bool) -> None:
-    if finished_step(run) == steps:
+    if recorded_step(run / "summary.json") == steps:
         return
     resume = (run / "config.json").is_file()
     train(cfg, run, resume=resume, steps=steps, progress=progress)
@@ -112,7 +107,7 @@ def main() -> None:
         for name, cfg in twins:
             run = out / f"{name}-seed{seed}"
             train_or_resume(cfg, run, steps, not args.no_progress)
-            if evaluated_step(run) == steps:  # evaluated after its last step already
+            if recorded_step(run / "eval" / "metrics.json") == steps:  # evaluated after its last step already
                 runs[name].append(run)
                 continue
             evaluate_run(run, sequences=8 if args.tiny else args.eval_sequences,

@@ -72,6 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from indpred.compare import separation_lines, write_comparison
+    from indpred.demo import evaluate_twins, train_twins
 
     base = apply_overrides(get_preset("demo"), _mnist_override(args) + list(args.set))
     if args.seed is not None:
@@ -84,33 +85,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"indpred demo: training the factored model (K={base.model.factors}, "
           f"d={base.model.factor_dim}) and its entangled twin (K=1, d={twin.model.factor_dim}) "
           f"{'side by side ' if side_by_side else ''}into {out}/")
-    if side_by_side:
-        from indpred.demo import evaluate_side_by_side, train_side_by_side
-
-        results, wall = train_side_by_side([(base, runs[0]), (twin, runs[1])], args.steps,
-                                           progress=not args.no_progress)
-    else:
-        from indpred.train import train
-
-        results, wall = [], 0.0
-        for cfg, run in ((base, runs[0]), (twin, runs[1])):
-            r = train(cfg, run, steps=args.steps, progress=not args.no_progress)
-            results.append((r.seconds, r.stopped_early))
-            wall += r.seconds
-            if r.stopped_early:
-                break
-    if any(stopped for _, stopped in results) or len(results) < 2:
+    results, wall = train_twins([(base, runs[0]), (twin, runs[1])], args.steps,
+                                side_by_side=side_by_side, progress=not args.no_progress)
+    if len(results) < len(runs) or any(stopped for _, stopped in results):
         for run in runs:
             if (run / "config.json").is_file():
                 print(f"stopped; continue with: indpred train --resume --out {run}")
         return 130
-    if side_by_side:
-        evaluate_side_by_side(runs, args.eval_sequences, progress=not args.no_progress)
-    else:
-        from indpred.eval.evaluate import evaluate_run
-
-        for run in runs:
-            evaluate_run(run, sequences=args.eval_sequences, iw_samples=5, progress=not args.no_progress)
+    evaluate_twins(runs, args.eval_sequences, side_by_side=side_by_side, progress=not args.no_progress)
     md, md_path, _ = write_comparison(runs, out / "comparison")
     print()
     print(md, end="")

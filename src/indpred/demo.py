@@ -1,4 +1,4 @@
-"""``indpred demo``: train the demo model and its entangled twin, evaluate both, compare.
+"""``indpred demo``'s work: train the demo model and its entangled twin, then evaluate both.
 
 On a machine with two or more cores the twins train side by side, one process each
 with half the cores: on a 2-core CPU two single-threaded trainings get through about
@@ -10,6 +10,7 @@ its numbers are the same as a run trained alone.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import time
@@ -18,36 +19,42 @@ from pathlib import Path
 from typing import Any
 
 from indpred.config import RunConfig
+from indpred.run import METRICS
+
+IW_SAMPLES = 5  # importance samples of the bound the demo's evaluation reports
 
 
-def _train_child(config: dict[str, Any], run_dir: str, steps: int | None) -> tuple[float, bool]:
-    """Train one twin in a worker process; returns (seconds, stopped early)."""
+def _train(config: dict[str, Any], run_dir: str, steps: int | None, progress: bool) -> tuple[float, bool]:
+    """Train one twin (in this process or a worker); returns (seconds, stopped early)."""
     from indpred.train import train
 
-    result = train(RunConfig.from_dict(config), Path(run_dir), steps=steps, progress=False)
+    result = train(RunConfig.from_dict(config), Path(run_dir), steps=steps, progress=progress)
     return result.seconds, result.stopped_early
 
 
-def _evaluate_child(run_dir: str, sequences: int, threads: int) -> None:
+def _evaluate(run_dir: str, sequences: int, threads: int, progress: bool) -> None:
+    """Evaluate one twin (``indpred eval`` with the demo's settings); ``threads`` 0: torch's default."""
     import torch
 
     from indpred.eval.evaluate import evaluate_run
 
     if threads:
         torch.set_num_threads(threads)
-    evaluate_run(Path(run_dir), sequences=sequences, iw_samples=5, progress=False)
+    evaluate_run(Path(run_dir), sequences=sequences, iw_samples=IW_SAMPLES, progress=progress)
 
 
 def _steps_done(run_dir: Path) -> int:
-    """The last training step logged in ``metrics.jsonl`` (0 before the first)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    step = 0
-    for line in path.read_text().splitlines():
-        if '"split": "train"' in line:
-            step = int(line.split('"step": ', 1)[1].split(",", 1)[0])
-    return step
+    """The last training step logged in the run's metrics (0 before the first)."""
+    path = run_dir / METRICS
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line the worker is still writing
+            continue
+        if record.get("split") == "train":
+            return int(record["step"])
+    return 0
 
 
 def _wait(futures: list[Future], runs: list[Path], total: int, progress: bool, desc: str) -> None:
@@ -63,43 +70,58 @@ def _wait(futures: list[Future], runs: list[Path], total: int, progress: bool, d
             bar.update(total - bar.n)
 
 
-def train_side_by_side(
-    twins: list[tuple[RunConfig, Path]], steps: int | None, *, progress: bool
-) -> tuple[list[tuple[float, bool]], float]:
-    """Train each (config, run folder) in its own process; returns [(seconds, stopped)] and wall time.
+def _pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
-    Each process gets ``cpu_count // len(twins)`` torch threads (at least one), recorded
-    in its config. Ctrl-C reaches the workers too: each saves a checkpoint and stops.
+
+def _threads_each(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def train_twins(
+    twins: list[tuple[RunConfig, Path]], steps: int | None, *, side_by_side: bool, progress: bool
+) -> tuple[list[tuple[float, bool]], float]:
+    """Train each (config, run folder); returns [(seconds, stopped early)] and the wall time.
+
+    ``side_by_side``: one worker process each, ``cpu_count // len(twins)`` torch threads
+    (at least one, recorded in its config); Ctrl-C reaches the workers too, and each saves
+    a checkpoint and stops. Otherwise one after the other here, stopping at the first
+    that stops early (the list is then shorter).
     """
-    threads = max(1, (os.cpu_count() or 1) // len(twins))
-    configs = []
-    for cfg, _ in twins:
-        cfg.train.threads = threads
-        configs.append(cfg.to_dict())
-    total = sum(steps or cfg.train.steps for cfg, _ in twins)
     t0 = time.perf_counter()
-    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-    with ProcessPoolExecutor(max_workers=len(twins), mp_context=context) as pool:
-        futures = [pool.submit(_train_child, c, str(run), steps) for c, (_, run) in zip(configs, twins)]
+    if not side_by_side:
+        results = []
+        for cfg, run in twins:
+            results.append(_train(cfg.to_dict(), str(run), steps, progress))
+            if results[-1][1]:
+                break
+        return results, time.perf_counter() - t0
+    for cfg, _ in twins:
+        cfg.train.threads = _threads_each(len(twins))
+    total = sum(steps or cfg.train.steps for cfg, _ in twins)
+    with _pool(len(twins)) as pool:
+        futures = [pool.submit(_train, cfg.to_dict(), str(run), steps, False) for cfg, run in twins]
         try:
             _wait(futures, [run for _, run in twins], total, progress, "training both")
         except KeyboardInterrupt:  # the workers got the signal too: let them save and stop
             for f in futures:
                 try:
                     f.result()
-                except BaseException:
+                except BaseException:  # a worker killed by the signal counts as stopped
                     pass
             return [(0.0, True) for _ in twins], time.perf_counter() - t0
         results = [f.result() for f in futures]
     return results, time.perf_counter() - t0
 
 
-def evaluate_side_by_side(runs: list[Path], sequences: int, *, progress: bool) -> None:
-    """Evaluate each run in its own process (``indpred eval`` with 5 importance samples)."""
-    threads = max(1, (os.cpu_count() or 1) // len(runs))
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(runs), mp_context=context) as pool:
-        futures = [pool.submit(_evaluate_child, str(r), sequences, threads) for r in runs]
+def evaluate_twins(runs: list[Path], sequences: int, *, side_by_side: bool, progress: bool) -> None:
+    """Evaluate each run, side by side (one worker each) or one after the other here."""
+    if not side_by_side:
+        for run in runs:
+            _evaluate(str(run), sequences, 0, progress)
+        return
+    with _pool(len(runs)) as pool:
+        futures = [pool.submit(_evaluate, str(r), sequences, _threads_each(len(runs)), False) for r in runs]
         _wait(futures, runs, 0, progress, "evaluating")
         for f in futures:
             f.result()
