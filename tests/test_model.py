@@ -202,3 +202,17 @@ def test_per_factor_decoder_keeps_the_channel_widths_and_splits_them():
     one = FactoredVAE(ModelConfig(factors=1, factor_dim=32, width=1.0, decoder="per-factor"))
     assert sum(p.numel() for p in one.decoder.parameters()) == sum(
         p.numel() for p in shared.decoder.parameters())  # K = 1: the paper's generator
+
+
+@pytest.mark.parametrize("layout", ["shared", "per-factor"])
+@pytest.mark.parametrize("output", ["sigmoid", "linear"])
+def test_output_init_draws_the_given_pixel_mean(layout, output):
+    """With the last layer's weights at zero, the generator draws exactly its bias: after
+    ``init_output(m)`` that is m per channel, whatever z is and however many groups add up."""
+    model = FactoredVAE(small(decoder=layout, decoder_output=output)).eval()
+    mean = torch.tensor([0.03, 0.2, 0.9])
+    model.decoder.init_output(mean)
+    with torch.no_grad():
+        model.decoder.net[-1].weight.zero_()
+        x = model.decode(torch.randn(2, 3, 2, 3))  # (B, T, C, H, W)
+    assert torch.allclose(x, mean[:, None, None].expand_as(x), atol=1e-6)

@@ -96,3 +96,23 @@ def test_free_bits_leave_factors_below_the_floor_unpenalised(tiny_config):
     K = tiny_config.model.factors
     assert floored == pytest.approx(-terms.log_likelihood.mean().item() + K * 1e6, rel=1e-6)
     assert g_plain > 0 and g_floored == 0
+
+
+def test_data_mean_output_init_starts_at_the_training_frames_mean(tiny_config):
+    """``model.output_init=data-mean``: an untrained generator already draws about the
+    per-channel mean of the training frames (colour Moving MNIST: digit k on channel k, the
+    channels without a digit are black), instead of grey everywhere."""
+    from indpred.train import init_output_from_data, make_datasets, make_model
+
+    cfg = tiny_config
+    cfg.model.output_init = "data-mean"
+    train_set, _ = make_datasets(cfg.data)
+    model = make_model(cfg, torch.device("cpu"))
+    init_output_from_data(model, train_set)
+    frames = train_set.get_batch(range(64))["frames"]
+    truth = frames.mean(dim=(0, 1, 3, 4))  # (C,)
+    with torch.no_grad():
+        model.decoder.net[-1].weight.zero_()
+        drawn = model.eval().decode(torch.randn(4, 1, cfg.model.factors, cfg.model.factor_dim))
+    assert torch.allclose(drawn.mean(dim=(0, 1, 3, 4)), truth.clamp(min=1e-3), atol=1e-5)
+    assert truth.max() < 0.1  # the test means something: grey (0.5) would fail it

@@ -38,6 +38,10 @@ class ModelConfig:
     # "per-factor" (beyond the paper: each factor renders its own image, the K images are
     # added before the final activation; same channel widths in all, split between factors).
     decoder: str = "shared"
+    # The generator's output bias at initialisation: "default" (PyTorch's) or "data-mean"
+    # (set from a fixed sample of training frames so that the first pixel means are the data's
+    # per-channel mean: training starts at the background instead of at grey).
+    output_init: str = "default"
     logvar_min: float = -10.0  # soft bounds on every predicted log-variance
     logvar_max: float = 5.0
     # Bookkeeping only (the networks ignore it): for an entangled twin, the K of the
@@ -71,6 +75,7 @@ class TrainConfig:
     steps: int = 20_000
     batch_size: int = 32  # sequences per step and per process: under torchrun the global batch is R·B
     lr: float = 3e-4  # Adam; the authors' code used 3e-4
+    adam_beta2: float = 0.999  # Adam's second-moment decay (smaller: forgets early large gradients sooner)
     lr_decay: float = 1.0  # multiply the learning rate by this every lr_decay_every steps
     lr_decay_every: int = 1000
     kl_warmup: int = 0  # steps over which the KL weight ramps linearly from 0 to 1 (0: off)
@@ -185,6 +190,8 @@ def validate(cfg: RunConfig) -> None:
          f"model.decoder_output must be 'sigmoid' or 'linear', got {m.decoder_output!r}"),
         (m.decoder in ("shared", "per-factor"),
          f"model.decoder must be 'shared' or 'per-factor', got {m.decoder!r}"),
+        (m.output_init in ("default", "data-mean"),
+         f"model.output_init must be 'default' or 'data-mean', got {m.output_init!r}"),
         (m.logvar_min < m.logvar_max, "model.logvar_min must be below model.logvar_max"),
         (m.twin_factors >= 0, f"model.twin_factors must be >= 0, got {m.twin_factors}"),
         (d.dataset in ("mmnist", "video"), f"data.dataset must be 'mmnist' or 'video', got {d.dataset!r}"),
@@ -196,6 +203,7 @@ def validate(cfg: RunConfig) -> None:
         (t.steps >= 1, f"train.steps must be >= 1, got {t.steps}"),
         (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
         (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
+        (0 < t.adam_beta2 < 1, f"train.adam_beta2 must be in (0, 1), got {t.adam_beta2}"),
         (0 < t.lr_decay <= 1, f"train.lr_decay must be in (0, 1], got {t.lr_decay}"),
         (t.lr_decay_every >= 1, f"train.lr_decay_every must be >= 1, got {t.lr_decay_every}"),
         (t.kl_warmup >= 0 and t.grad_clip >= 0 and t.free_bits >= 0,

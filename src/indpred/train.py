@@ -135,6 +135,17 @@ def make_model(cfg: RunConfig, device: torch.device) -> FactoredVAE:
                            activation_checkpointing=tc.activation_checkpointing)
 
 
+OUTPUT_INIT_SEQUENCES = 64
+
+
+def init_output_from_data(model: FactoredVAE, train_set: Any) -> None:
+    """``model.output_init = "data-mean"``: the generator starts at the per-channel mean of the
+    first training sequences (the same on every rank, so replicas stay identical)."""
+    frames = StepBatches(train_set, OUTPUT_INIT_SEQUENCES)[0]  # (S, T, C, H, W)
+    pixel_mean = frames.float().mean(dim=(0, 1, 3, 4))  # (C,)
+    model.decoder.init_output(pixel_mean.to(next(model.parameters()).device))
+
+
 def make_trainer(model: FactoredVAE, cfg: RunConfig, device: torch.device,
                  ranks: Ranks = SINGLE) -> Trainer:
     """Wrap ``model`` for training: global batch norm and DDP over several ranks, compilation, Adam."""
@@ -150,7 +161,7 @@ def make_trainer(model: FactoredVAE, cfg: RunConfig, device: torch.device,
             objective, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
     if tc.compile != "off":
         objective = torch.compile(objective, mode=None if tc.compile == "default" else tc.compile)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.9, tc.adam_beta2))
     return Trainer(model=model, objective=objective, optimizer=optimizer,
                    cuda_graphs=tc.compile in ("reduce-overhead", "max-autotune"))
 
@@ -399,6 +410,8 @@ def _train_follower(run_dir: Path, ranks: Ranks, *, progress: bool) -> TrainResu
     model = make_model(cfg, device)
     if message["checkpoint"] is not None:
         load_weights(model, message["checkpoint"][1], run_dir)
+    if message["checkpoint"] is None and cfg.model.output_init == "data-mean":
+        init_output_from_data(model, train_set)
     trainer = make_trainer(model, cfg, device, ranks)
     noise = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
     start = _restore(trainer, noise, message["checkpoint"])
@@ -455,6 +468,8 @@ def _train_locked(
         _trim_metrics(run_dir / runfolder.METRICS, state["step"])
     if handshake is not None:
         handshake.send({"config": cfg.to_dict(), "checkpoint": checkpoint})
+    if checkpoint is None and cfg.model.output_init == "data-mean":
+        init_output_from_data(model, train_set)
     trainer = make_trainer(model, cfg, device, ranks)
     noise = torch.Generator(device=device).manual_seed(tc.seed + 1)
     start = _restore(trainer, noise, checkpoint)

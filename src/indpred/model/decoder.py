@@ -53,6 +53,20 @@ class Decoder(nn.Module):
         self.groups = G
         self.output = output
 
+    @torch.no_grad()
+    def init_output(self, pixel_mean: Tensor) -> None:
+        """Set the output bias so that a generator ignoring z draws ``pixel_mean`` (C,) per channel.
+
+        Each of the G groups gets 1/G of the logit (or of the value, for a linear output),
+        since their images are added.
+        """
+        last = self.net[-1]
+        if self.output == "sigmoid":
+            target = torch.logit(pixel_mean.clamp(1e-3, 1 - 1e-3))  # (C,)
+        else:
+            target = pixel_mean
+        last.bias.copy_((target / self.groups).repeat(self.groups).to(last.bias))  # (G·C,)
+
     def forward(self, z: Tensor) -> Tensor:
         if self.groups == 1:
             h = self.fc(z)[:, :, None, None]  # (N, z_dim, 1, 1)
