@@ -157,3 +157,17 @@ def test_new_training_options_are_validated(tiny_config):
     assert (ok.train.precision, ok.train.compile, ok.train.data_workers) == ("bf16", "reduce-overhead", 2)
     ok = apply_overrides(fresh(), ["channels_last=true", "activation_checkpointing=true"])
     assert ok.train.channels_last and ok.train.activation_checkpointing
+
+
+def test_auto_precision_is_bf16_only_where_the_device_has_it(monkeypatch):
+    """"auto" resolves per device: bf16 on a CPU that reports AMX or AVX512-BF16, else fp32."""
+    import indpred.train as tr
+
+    cpu = torch.device("cpu")
+    for caps, want in (({"amx_bf16": True}, "bf16"), ({"avx512_bf16": True}, "bf16"),
+                       ({"avx2": True}, "fp32")):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: caps, raising=False)
+        assert tr.resolve_precision("auto", cpu) == want
+        assert tr.resolve_precision("fp32", cpu) == "fp32"
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
+    assert tr.resolve_precision("auto", cpu) == "fp32"

@@ -94,7 +94,9 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 2
     # Speed and memory; none changes what is computed beyond float rounding (docs/PERFORMANCE.md).
-    precision: str = "fp32"  # image networks in training: "fp32" | "bf16" (autocast; ELBO in float32)
+    # Image networks in training: "fp32" | "bf16" (autocast; ELBO in float32) | "auto" (bf16
+    # where the device computes it natively: a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16).
+    precision: str = "fp32"
     channels_last: bool = False  # NHWC layout for the convolutions (faster on GPU tensor cores)
     compile: str = "off"  # torch.compile the objective: off | default | reduce-overhead | max-autotune
     activation_checkpointing: bool = False  # recompute the image networks' activations in backward
@@ -214,7 +216,8 @@ def validate(cfg: RunConfig) -> None:
         (t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
         (t.threads >= 0, f"train.threads must be >= 0, got {t.threads}"),
         (t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}"),
-        (t.precision in ("fp32", "bf16"), f"train.precision must be 'fp32' or 'bf16', got {t.precision!r}"),
+        (t.precision in ("fp32", "bf16", "auto"),
+         f"train.precision must be 'fp32', 'bf16' or 'auto', got {t.precision!r}"),
         (t.compile in COMPILE_MODES,
          f"train.compile must be one of {', '.join(COMPILE_MODES)}, got {t.compile!r}"),
         (not (t.compile != "off" and t.activation_checkpointing),

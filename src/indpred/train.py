@@ -126,12 +126,33 @@ class Trainer:
     cuda_graphs: bool = False  # compiled with CUDA graphs: each step must be marked
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 convolutions natively (else bf16 is emulated, slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        capabilities = getattr(torch.cpu, "get_capabilities", None)  # absent from older torch: fp32
+        if capabilities is None:
+            return False
+        found = capabilities()
+        return bool(found.get("amx_bf16") or found.get("avx512_bf16"))
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` as it runs on ``device``: "auto" becomes "bf16" or "fp32"."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def make_model(cfg: RunConfig, device: torch.device) -> FactoredVAE:
     """The model, initialised from ``train.seed``, on ``device``, executing as ``train`` says."""
     tc = cfg.train
     torch.manual_seed(tc.seed)
     model = FactoredVAE(cfg.model).to(device)
-    return model.configure(precision=tc.precision, channels_last=tc.channels_last,
+    return model.configure(precision=resolve_precision(tc.precision, device),
+                           channels_last=tc.channels_last,
                            activation_checkpointing=tc.activation_checkpointing)
 
 
@@ -620,6 +641,7 @@ def _loop(
         "preset": cfg.preset, "step": step, "test": result.test, "skipped_steps": skipped,
         "train_seconds_this_session": elapsed,
         "frames_per_s_this_session": trained * R * B * T / elapsed if trained else None,
+        "precision": model.precision,  # as it ran ("auto" resolved)
     }
     if ranks.active:
         summary["ranks"] = R
