@@ -79,6 +79,11 @@ class TrainConfig:
     lr_decay: float = 1.0  # multiply the learning rate by this every lr_decay_every steps
     lr_decay_every: int = 1000
     kl_warmup: int = 0  # steps over which the KL weight ramps linearly from 0 to 1 (0: off)
+    # Steps over which the reparameterisation noise ramps linearly from 0 to its full scale
+    # (0: off). Early on the generator then sees the posterior means, so no latent unit is
+    # ignored for being noise before the encoder has put anything in it; the training ELBO
+    # logged meanwhile is not a bound (the test ELBO always is).
+    noise_warmup: int = 0
     # "Free bits" (Kingma et al. 2016): each factor's batch-mean KL (nats per frame) below this
     # is not penalised, so no factor can settle into carrying nothing (0: off; the ELBO logged
     # and evaluated is always the true one).
@@ -208,8 +213,8 @@ def validate(cfg: RunConfig) -> None:
         (0 < t.adam_beta2 < 1, f"train.adam_beta2 must be in (0, 1), got {t.adam_beta2}"),
         (0 < t.lr_decay <= 1, f"train.lr_decay must be in (0, 1], got {t.lr_decay}"),
         (t.lr_decay_every >= 1, f"train.lr_decay_every must be >= 1, got {t.lr_decay_every}"),
-        (t.kl_warmup >= 0 and t.grad_clip >= 0 and t.free_bits >= 0,
-         "train.kl_warmup, train.grad_clip and train.free_bits must be >= 0"),
+        (t.kl_warmup >= 0 and t.noise_warmup >= 0 and t.grad_clip >= 0 and t.free_bits >= 0,
+         "train.kl_warmup, train.noise_warmup, train.grad_clip and train.free_bits must be >= 0"),
         (t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}"),
         (t.eval_every >= 0 and t.checkpoint_every >= 0,
          "train.eval_every and train.checkpoint_every must be >= 0"),

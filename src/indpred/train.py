@@ -552,7 +552,11 @@ def _loop(
                     group["lr"] = lr
                 beta = min(1.0, (step + 1) / tc.kl_warmup) if tc.kl_warmup else 1.0
                 buffers = [b.clone() for b in model.buffers()]  # batch-norm statistics
+                # Noise warm-up: early on the generator sees (nearly) the posterior means.
+                noise_scale = min(1.0, (step + 1) / tc.noise_warmup) if tc.noise_warmup else 1.0
                 eps = torch.randn(R * B, T, K, d, device=device, generator=noise)[rows]  # (B, T, K, d)
+                if noise_scale < 1.0:
+                    eps = eps * noise_scale
                 loss, terms = forward_backward(trainer, frames, eps, beta, tc.free_bits, ranks)
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     model.parameters(), tc.grad_clip if tc.grad_clip else math.inf)
@@ -604,6 +608,7 @@ def _loop(
                     record = {"step": step, "split": "train", "elbo": sums["elbo"] / n,
                               "log_likelihood": sums["log_likelihood"] / n,
                               "kl": (kl_sum / n).tolist(), "lr": lr, "kl_weight": beta,
+                              "noise_scale": noise_scale,
                               "frames_per_s": fps}
                     if log is not None:
                         log.write(json.dumps(record) + "\n")
