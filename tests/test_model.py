@@ -1,5 +1,7 @@
 """Shapes, factor independence, the posterior's gradient path, and the batched image nets."""
 
+import math
+
 import pytest
 import torch
 
@@ -204,15 +206,37 @@ def test_per_factor_decoder_keeps_the_channel_widths_and_splits_them():
         p.numel() for p in shared.decoder.parameters())  # K = 1: the paper's generator
 
 
-@pytest.mark.parametrize("layout", ["shared", "per-factor"])
+@pytest.mark.parametrize("layout", ["shared", "per-factor", "per-factor-logsumexp"])
 @pytest.mark.parametrize("output", ["sigmoid", "linear"])
 def test_output_init_draws_the_given_pixel_mean(layout, output):
     """With the last layer's weights at zero, the generator draws exactly its bias: after
-    ``init_output(m)`` that is m per channel, whatever z is and however many groups add up."""
-    model = FactoredVAE(small(decoder=layout, decoder_output=output)).eval()
+    ``init_output(m)`` that is m per channel, whatever z is and however the groups combine."""
+    compose = "logsumexp" if layout.endswith("logsumexp") else "sum"
+    model = FactoredVAE(small(decoder=layout.removesuffix("-logsumexp"), decoder_output=output,
+                              compose=compose)).eval()
     mean = torch.tensor([0.03, 0.2, 0.9])
     model.decoder.init_output(mean)
     with torch.no_grad():
         model.decoder.net[-1].weight.zero_()
         x = model.decode(torch.randn(2, 3, 2, 3))  # (B, T, C, H, W)
     assert torch.allclose(x, mean[:, None, None].expand_as(x), atol=1e-6)
+
+
+def test_logsumexp_composition_is_a_soft_union_of_the_factors_images():
+    """compose=logsumexp: each pixel is at least as bright as the brightest factor's own image
+    and at most that image with its logit raised by log K, so a digit drawn by two factors at
+    once is barely brighter than drawn by one (sum: the logits add, the image is σ(Σ l_k))."""
+    torch.manual_seed(3)
+    z = torch.randn(6, 2 * 3)  # (N, K·d)
+    for compose in ("logsumexp", "sum"):
+        model = FactoredVAE(small(decoder="per-factor", compose=compose)).eval()
+        with torch.no_grad():
+            logits = model.decoder.factor_logits(z)  # (N, K, C, H, W)
+            out = model.decoder(z)  # (N, C, H, W)
+        if compose == "sum":
+            assert torch.allclose(out, torch.sigmoid(logits.sum(1)), atol=1e-6)
+            continue
+        brightest = logits.max(1).values
+        assert (out >= torch.sigmoid(brightest) - 1e-6).all()
+        assert (out <= torch.sigmoid(brightest + math.log(2)) + 1e-6).all()
+        assert (out - torch.sigmoid(logits.sum(1))).abs().max() > 1e-2  # differs from the sum

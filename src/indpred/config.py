@@ -38,6 +38,10 @@ class ModelConfig:
     # "per-factor" (beyond the paper: each factor renders its own image, the K images are
     # added before the final activation; same channel widths in all, split between factors).
     decoder: str = "shared"
+    # How the per-factor images combine before the final activation: "sum" of the logits, or
+    # "logsumexp" (a soft union: at each pixel the factor drawing most strongly takes most of
+    # the gradient, so two factors sharing one digit is no cheaper than one factor drawing it).
+    compose: str = "sum"
     # The generator's output bias at initialisation: "default" (PyTorch's) or "data-mean"
     # (set from a fixed sample of training frames so that the first pixel means are the data's
     # per-channel mean: training starts at the background instead of at grey).
@@ -197,6 +201,8 @@ def validate(cfg: RunConfig) -> None:
          f"model.decoder_output must be 'sigmoid' or 'linear', got {m.decoder_output!r}"),
         (m.decoder in ("shared", "per-factor"),
          f"model.decoder must be 'shared' or 'per-factor', got {m.decoder!r}"),
+        (m.compose in ("sum", "logsumexp"),
+         f"model.compose must be 'sum' or 'logsumexp', got {m.compose!r}"),
         (m.output_init in ("default", "data-mean"),
          f"model.output_init must be 'default' or 'data-mean', got {m.output_init!r}"),
         (m.logvar_min < m.logvar_max, "model.logvar_min must be below model.logvar_max"),

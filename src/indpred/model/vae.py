@@ -88,7 +88,7 @@ class FactoredVAE(nn.Module):
         )
         self.decoder = Decoder(
             z_dim=c.z_dim, out_channels=c.channels, width=c.width, output=c.decoder_output,
-            groups=c.factors if c.decoder == "per-factor" else 1,
+            groups=c.factors if c.decoder == "per-factor" else 1, compose=c.compose,
         )
         self.precision = "fp32"
         self.channels_last = False
