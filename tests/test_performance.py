@@ -152,8 +152,11 @@ def test_new_training_options_are_validated(tiny_config):
             apply_overrides(fresh(), [bad])
     for both in ("train.activation_checkpointing=true", "train.channels_last=true"):
         with pytest.raises(UserError, match="cannot be combined"):
-            apply_overrides(fresh(), ["train.compile=default", both])
-    ok = apply_overrides(fresh(), ["precision=bf16", "compile=reduce-overhead", "data_workers=2"])
+            apply_overrides(fresh(), ["train.compile=default", "train.channels_last=false", both])
+    with pytest.raises(UserError, match=r"train\.channels_last=false"):  # the demo sets it
+        apply_overrides(fresh(), ["train.compile=default"])
+    ok = apply_overrides(fresh(), ["precision=bf16", "compile=reduce-overhead", "data_workers=2",
+                                   "channels_last=false"])
     assert (ok.train.precision, ok.train.compile, ok.train.data_workers) == ("bf16", "reduce-overhead", 2)
     ok = apply_overrides(fresh(), ["channels_last=true", "activation_checkpointing=true"])
     assert ok.train.channels_last and ok.train.activation_checkpointing
