@@ -65,6 +65,7 @@ def test_demo_trains_both_twins_and_never_overwrites(tmp_path, capsys):
     assert (out / "comparison.md").is_file()
     assert '"factors": 1' in (out / "entangled" / "config.json").read_text()
     assert "alignment" in text and "digit" in text  # which factor drives which digit
+    assert "did not separate the digits this time" in text and "--seed 1" in text  # 2 steps: never
     # The twins trained side by side, one process each: the same numbers as a run trained alone.
     alone = RunConfig.load(out / "factored" / "config.json")
     train(alone, tmp_path / "alone", steps=2, progress=False)

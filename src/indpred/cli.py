@@ -71,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from indpred.compare import separation_lines, write_comparison
+    from indpred.compare import load_metrics, separated, separation_lines, write_comparison
     from indpred.demo import evaluate_twins, train_twins
 
     base = apply_overrides(get_preset("demo"), _mnist_override(args) + list(args.set))
@@ -99,6 +99,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     for line in separation_lines(runs):
         print(line)
+    alignment = load_metrics(runs[0]).get("alignment", {})
+    if alignment.get("score") is not None and not separated(alignment):
+        print("the factored model did not separate the digits this time; at the demo's budget "
+              "that happens in about one seed of four (docs/RESULTS.md): try another, e.g. "
+              f"indpred demo --seed {base.train.seed + 1}")
     print(f"\ntrained both in {wall / 60:.1f} min; comparison: {md_path}")
     for run in runs:
         print(f"report ({run.name}): {run / 'eval' / 'report.html'}")

@@ -65,6 +65,12 @@ COLOURS = ("red", "green", "blue")  # digit j is drawn on channel j (SPEC §2)
 SEPARATED = 0.9  # alignment at or above which the summary calls the digits separated
 
 
+def separated(alignment: dict) -> bool:
+    """Whether an evaluation's alignment says each digit is driven by its own factor."""
+    score = alignment.get("score")
+    return score is not None and score >= SEPARATED and bool(alignment.get("dominant_distinct"))
+
+
 def separation_lines(run_dirs: list[str | Path]) -> list[str]:
     """One plain sentence per run saying which factor drives which digit, and whether they separate."""
     lines = []
@@ -76,9 +82,7 @@ def separation_lines(run_dirs: list[str | Path]) -> list[str]:
         unit = "group" if m["mutual_information"].get("partition") else "factor"
         pairs = ", ".join(f"{unit} {k + 1} → digit {j + 1} ({COLOURS[j]})"
                           for k, j in al["assignment"])
-        verdict = ("separated: each digit is driven by its own " + unit
-                   if al["score"] >= SEPARATED and al.get("dominant_distinct")
-                   else "not separated")
+        verdict = "separated: each digit is driven by its own " + unit if separated(al) else "not separated"
         lines.append(f"{Path(run_dir).name}: alignment {al['score']:.2f} (chance {al['chance']:.2f}; "
                      f"{pairs}): {verdict}")
     return lines
