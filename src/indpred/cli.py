@@ -102,7 +102,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     alignment = load_metrics(runs[0]).get("alignment", {})
     if alignment.get("score") is not None and not separated(alignment):
         print("the factored model did not separate the digits this time; at the demo's budget "
-              "that happens in about one seed of four (docs/RESULTS.md): try another, e.g. "
+              "that happens in about half the seeds (docs/RESULTS.md): try another, e.g. "
               f"indpred demo --seed {base.train.seed + 1}")
     print(f"\ntrained both in {wall / 60:.1f} min; comparison: {md_path}")
     for run in runs:
