@@ -161,7 +161,9 @@ OUTPUT_INIT_SEQUENCES = 64
 
 def init_output_from_data(model: FactoredVAE, train_set: Any) -> None:
     """``model.output_init = "data-mean"``: the generator starts at the per-channel mean of the
-    first training sequences (the same on every rank, so replicas stay identical)."""
+    first training sequences (the same on every rank, so replicas stay identical); else nothing."""
+    if model.config.output_init != "data-mean":
+        return
     frames = StepBatches(train_set, OUTPUT_INIT_SEQUENCES)[0]  # (S, T, C, H, W)
     pixel_mean = frames.float().mean(dim=(0, 1, 3, 4))  # (C,)
     model.decoder.init_output(pixel_mean.to(next(model.parameters()).device))
@@ -431,7 +433,7 @@ def _train_follower(run_dir: Path, ranks: Ranks, *, progress: bool) -> TrainResu
     model = make_model(cfg, device)
     if message["checkpoint"] is not None:
         load_weights(model, message["checkpoint"][1], run_dir)
-    if message["checkpoint"] is None and cfg.model.output_init == "data-mean":
+    if message["checkpoint"] is None:
         init_output_from_data(model, train_set)
     trainer = make_trainer(model, cfg, device, ranks)
     noise = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
@@ -489,13 +491,18 @@ def _train_locked(
         _trim_metrics(run_dir / runfolder.METRICS, state["step"])
     if handshake is not None:
         handshake.send({"config": cfg.to_dict(), "checkpoint": checkpoint})
-    if checkpoint is None and cfg.model.output_init == "data-mean":
+    if checkpoint is None:
         init_output_from_data(model, train_set)
     trainer = make_trainer(model, cfg, device, ranks)
     noise = torch.Generator(device=device).manual_seed(tc.seed + 1)
     start = _restore(trainer, noise, checkpoint)
     return _loop(cfg, run_dir, device, trainer, noise, train_set, test_set, start=start,
                  ranks=ranks, progress=progress, resumed=resume and start > 0)
+
+
+def _ramp(step: int, steps: int) -> float:
+    """A warm-up weight at (0-based) ``step``: linear from 1/steps to 1 over ``steps`` steps (0: always 1)."""
+    return min(1.0, (step + 1) / steps) if steps else 1.0
 
 
 def _loop(
@@ -550,10 +557,10 @@ def _loop(
                 lr = tc.lr * tc.lr_decay ** (step // tc.lr_decay_every)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                beta = min(1.0, (step + 1) / tc.kl_warmup) if tc.kl_warmup else 1.0
+                beta = _ramp(step, tc.kl_warmup)
                 buffers = [b.clone() for b in model.buffers()]  # batch-norm statistics
                 # Noise warm-up: early on the generator sees (nearly) the posterior means.
-                noise_scale = min(1.0, (step + 1) / tc.noise_warmup) if tc.noise_warmup else 1.0
+                noise_scale = _ramp(step, tc.noise_warmup)
                 eps = torch.randn(R * B, T, K, d, device=device, generator=noise)[rows]  # (B, T, K, d)
                 if noise_scale < 1.0:
                     eps = eps * noise_scale
