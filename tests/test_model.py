@@ -240,3 +240,87 @@ def test_logsumexp_composition_is_a_soft_union_of_the_factors_images():
         assert (out >= torch.sigmoid(brightest) - 1e-6).all()
         assert (out <= torch.sigmoid(brightest + math.log(2)) + 1e-6).all()
         assert (out - torch.sigmoid(logits.sum(1))).abs().max() > 1e-2  # differs from the sum
+
+
+def blob_posterior():
+    """An attention posterior with hand-set weights on a two-channel map: key = 20·features."""
+    from torch import nn
+
+    from indpred.model.posterior import AttentionPosterior
+
+    att = AttentionPosterior(feature_dim=2, locations=64, factors=2, factor_dim=3, slots=2, dim=4)
+    att.norm = nn.Identity()
+    with torch.no_grad():
+        first, second = att.key[0], att.key[2]
+        first.weight.zero_()
+        first.bias.zero_()
+        first.weight[0, 0] = first.weight[1, 1] = 20.0  # channel c of the map → key unit c
+        second.weight.copy_(torch.eye(4))
+        second.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 5.0]))  # unit 3: present everywhere
+    return att
+
+
+def blob_map():
+    """Channel 0 lights up blob A, channel 1 blob B, on the 8 x 8 grid; their centroids."""
+    features = torch.zeros(64, 2)
+    a, b = [(1, 1), (1, 2), (2, 1), (2, 2)], [(5, 6), (6, 6), (6, 5)]
+    axis = torch.linspace(-1.0, 1.0, 8)
+    centroid = {}
+    for name, cells, channel in (("a", a, 0), ("b", b, 1)):
+        for r, c in cells:
+            features[r * 8 + c, channel] = 1.0
+        centroid[name] = torch.tensor([[axis[r], axis[c]] for r, c in cells]).mean(0)
+    return features, centroid, len(a), len(b)
+
+
+def test_attention_slot_reads_the_centroid_and_share_of_what_it_wins():
+    att = blob_posterior()
+    features, centroid, n_a, n_b = blob_map()
+    part = att.frame_part(features[None])  # (1, 64, 2D + 2)
+    # slot 0 looks for channel 0, slot 1 for channel 1, the background query for unit 3
+    queries = torch.tensor([[2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, 4.0]])[None]
+    slots = att.read(part, queries)[0]  # (S, D + 3)
+    torch.testing.assert_close(slots[0, :2], centroid["a"], atol=1e-2, rtol=0)
+    torch.testing.assert_close(slots[1, :2], centroid["b"], atol=1e-2, rtol=0)
+    assert slots[0, -1].item() == pytest.approx(math.log(n_a / 64), abs=1e-2)
+    assert slots[1, -1].item() == pytest.approx(math.log(n_b / 64), abs=1e-2)
+    # one slot that takes both blobs reads their blend: the mean position of all their cells
+    queries = torch.tensor([[2.0, 2.0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 4.0]])[None]
+    both = att.read(part, queries)[0, 0]
+    blend = (centroid["a"] * n_a + centroid["b"] * n_b) / (n_a + n_b)
+    torch.testing.assert_close(both[:2], blend, atol=1e-2, rtol=0)
+    # two slots that want the same blob split it: each is left with half its area
+    queries = torch.tensor([[2.0, 0, 0, 0], [2.0, 0, 0, 0], [0, 0, 0, 4.0]])[None]
+    halves = att.read(part, queries)[0]
+    for k in range(2):
+        assert halves[k, -1].item() == pytest.approx(math.log(n_a / 2 / 64), abs=1e-2)
+        torch.testing.assert_close(halves[k, :2], centroid["a"], atol=1e-2, rtol=0)
+
+
+def test_attention_posterior_factor_sees_its_own_prediction_only_through_its_slots():
+    torch.manual_seed(3)
+    model = FactoredVAE(small(posterior="attention", attention_dim=8)).eval()
+    part = model.posterior.frame_part(torch.randn(1, 64, model.encoder.out_dim))
+    with torch.no_grad():
+        model.posterior.from_prediction.weight.zero_()  # queries no longer read the prediction
+    mean, std = torch.randn(1, 6), torch.rand(1, 6) + 0.5
+    mean2 = mean.clone()
+    mean2[0, 3:] += 1.0  # change factor 2's prediction only
+    a, _ = model.posterior.step(part, mean, std)
+    b, _ = model.posterior.step(part, mean2, std)
+    torch.testing.assert_close(a[0, :3], b[0, :3])  # factor 1 unchanged
+    assert not torch.allclose(a[0, 3:], b[0, 3:])
+
+
+def test_attention_entangled_twin_keeps_the_slots():
+    from indpred.config import RunConfig, entangled
+    from indpred.errors import UserError
+
+    cfg = RunConfig(model=small(posterior="attention")).resolve()
+    twin = entangled(cfg)
+    assert twin.model.factors == 1 and twin.model.slot_count == 2
+    twin_model, model = FactoredVAE(twin.model), FactoredVAE(cfg.model)
+    assert model.encoder.spatial and twin_model.posterior.slots == model.posterior.slots == 2
+    cfg.model.slots = 3
+    with pytest.raises(UserError, match=r"multiple of model\.factors"):
+        cfg.resolve()

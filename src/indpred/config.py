@@ -46,6 +46,15 @@ class ModelConfig:
     # (set from a fixed sample of training frames so that the first pixel means are the data's
     # per-channel mean: training starts at the background instead of at grey).
     output_init: str = "default"
+    # The approximate posterior: "paper" (SPEC §1: one combiner over the whole encoded frame)
+    # or "attention" (beyond the paper: the encoder keeps its 8 x 8 feature map, and slots,
+    # each owned by one factor and steered by that factor's prediction, compete for its
+    # locations; a slot reads only the centroid and the mean features of what it won, so
+    # a factor that spreads over two objects sees their blend, not both).
+    posterior: str = "paper"
+    slots: int = 0  # attention slots in all, a multiple of K (0: one per factor)
+    attention_dim: int = 32  # width of the attention's keys, queries and value features
+    attention_iters: int = 1  # rounds of attention per frame; each refines the queries
     logvar_min: float = -10.0  # soft bounds on every predicted log-variance
     logvar_max: float = 5.0
     # Bookkeeping only (the networks ignore it): for an entangled twin, the K of the
@@ -55,6 +64,11 @@ class ModelConfig:
     @property
     def z_dim(self) -> int:
         return self.factors * self.factor_dim
+
+    @property
+    def slot_count(self) -> int:
+        """Attention slots in all (``slots``, or one per factor when it is 0)."""
+        return self.slots or self.factors
 
 
 @dataclass
@@ -205,6 +219,12 @@ def validate(cfg: RunConfig) -> None:
          f"model.compose must be 'sum' or 'logsumexp', got {m.compose!r}"),
         (m.output_init in ("default", "data-mean"),
          f"model.output_init must be 'default' or 'data-mean', got {m.output_init!r}"),
+        (m.posterior in ("paper", "attention"),
+         f"model.posterior must be 'paper' or 'attention', got {m.posterior!r}"),
+        (m.slots >= 0 and m.slots % m.factors == 0,
+         f"model.slots must be 0 or a multiple of model.factors ({m.factors}), got {m.slots}"),
+        (m.attention_dim >= 1 and m.attention_iters >= 1,
+         "model.attention_dim and model.attention_iters must be >= 1"),
         (m.logvar_min < m.logvar_max, "model.logvar_min must be below model.logvar_max"),
         (m.twin_factors >= 0, f"model.twin_factors must be >= 0, got {m.twin_factors}"),
         (d.dataset in ("mmnist", "video"), f"data.dataset must be 'mmnist' or 'video', got {d.dataset!r}"),
@@ -247,6 +267,7 @@ def entangled(cfg: RunConfig) -> RunConfig:
     """The entangled twin: one factor holding all K·d units; nothing else differs."""
     twin = RunConfig.from_dict(cfg.to_dict())
     twin.model.factor_dim = cfg.model.z_dim
+    twin.model.slots = cfg.model.slot_count  # the same attention slots, all owned by one factor
     twin.model.twin_factors = cfg.model.factors
     twin.model.factors = 1
     return twin

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from indpred.config import ModelConfig
 from indpred.model.decoder import Decoder
 from indpred.model.encoder import Encoder
-from indpred.model.posterior import Posterior
+from indpred.model.posterior import AttentionPosterior, Posterior
 from indpred.model.transition import FactoredTransition
 
 
@@ -80,8 +80,17 @@ class FactoredVAE(nn.Module):
         self.config = config
         c = config
         bounds = (c.logvar_min, c.logvar_max)
-        self.encoder = Encoder(in_channels=c.channels, width=c.width, out_dim=c.enc_dim)
-        self.posterior = Posterior(enc_dim=c.enc_dim, z_dim=c.z_dim, logvar_bounds=bounds)
+        attention = c.posterior == "attention"
+        self.encoder = Encoder(in_channels=c.channels, width=c.width, out_dim=c.enc_dim, spatial=attention)
+        self.posterior: Posterior | AttentionPosterior
+        if attention:
+            self.posterior = AttentionPosterior(
+                feature_dim=self.encoder.out_dim, locations=(c.image_size // 8) ** 2,
+                factors=c.factors, factor_dim=c.factor_dim, slots=c.slot_count,
+                dim=c.attention_dim, iters=c.attention_iters, logvar_bounds=bounds,
+            )
+        else:
+            self.posterior = Posterior(enc_dim=c.enc_dim, z_dim=c.z_dim, logvar_bounds=bounds)
         self.transition = FactoredTransition(
             factors=c.factors, factor_dim=c.factor_dim, hidden=c.transition_hidden,
             layers=c.transition_layers, logvar_bounds=bounds,
@@ -148,10 +157,14 @@ class FactoredVAE(nn.Module):
             )
 
     def encode_frames(self, frames: Tensor) -> Tensor:
-        """Image features of every frame at once: (B, T, C, H, W) → (B, T, enc_dim)."""
+        """Image features of every frame at once: (B, T, C, H, W) → (B, T, enc_dim).
+
+        With the attention posterior: the feature map, (B, T, L, c).
+        """
         self._check_frames(frames)
         B, T = frames.shape[:2]
-        return self._image_net(self.encoder, frames.flatten(0, 1)).unflatten(0, (B, T))  # (B, T, enc_dim)
+        features = self._image_net(self.encoder, frames.flatten(0, 1))  # (B·T, enc_dim or L, c)
+        return features.unflatten(0, (B, T))
 
     def prior(self, z_prev: Tensor) -> tuple[Tensor, Tensor]:
         """p(z_t | z_{t-1}): mean and log-variance (B, K, d) from the previous state (B, K, d)."""
@@ -185,7 +198,7 @@ class FactoredVAE(nn.Module):
         K, d = self.factors, self.factor_dim
         if noise is None and sample:
             noise = torch.randn(B, T, K, d, device=frames.device, generator=generator)
-        frame_part = self.posterior.frame_part(features)  # (B, T, z_dim), every frame at once
+        frame_part = self.posterior.frame_part(features)  # (B, T, ...), every frame at once
         zeros = features.new_zeros(B, K, d)
         # The prior's prediction as the posterior sees it: transition weights frozen
         # ("state": the gradient reaches z_{t-1}) or no gradient at all ("none").
