@@ -86,7 +86,9 @@ class AttentionPosterior(nn.Module):
         self.norm = nn.LayerNorm(feature_dim)
         self.key = nn.Sequential(nn.Linear(feature_dim + 2, dim), nn.LeakyReLU(0.2), nn.Linear(dim, dim))
         self.value = nn.Linear(feature_dim, dim)
-        self.embedding = nn.Parameter(torch.randn(slots + 1, dim))  # the last row: background
+        # Mutually orthogonal queries of norm √D to start (the last row: background), so that
+        # no two slots start out looking for the same thing.
+        self.embedding = nn.Parameter(nn.init.orthogonal_(torch.empty(slots + 1, dim)) * math.sqrt(dim))
         self.from_prediction = GroupedLinear(slots, 2 * factor_dim, dim)
         self.refine = nn.Linear(dim + 3, dim)
         read = (slots // factors) * (dim + 3)  # one factor's slots, concatenated
