@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -60,19 +59,3 @@ def test_elbo_terms_are_per_frame_sums():
     kl_expected = kl_divergence(Normal(qm, (0.5 * qv).exp()), Normal(pm, (0.5 * pv).exp()))
     torch.testing.assert_close(terms.kl, kl_expected.sum(dim=(1, 3)) / T)
     torch.testing.assert_close(terms.elbo, terms.log_likelihood - terms.kl.sum(-1))
-
-
-def test_cross_factor_correlation_is_the_sum_of_squared_cross_correlations():
-    from indpred.objective import cross_factor_correlation
-
-    rng = np.random.default_rng(0)
-    m = rng.normal(size=(8, 16, 3, 4))  # (B, T, K, d)
-    m[..., 1, 2] = m[..., 0, 0] + 0.1 * rng.normal(size=(8, 16))  # factor 2 copies a unit of factor 1
-    flat = m.reshape(-1, 12)
-    corr = np.corrcoef(flat, rowvar=False)  # (12, 12), units ordered factor by factor
-    expected = sum(np.square(corr[4 * k:4 * k + 4, 4 * j:4 * j + 4]).sum()
-                   for k in range(3) for j in range(k + 1, 3))
-    got = cross_factor_correlation(torch.tensor(m, dtype=torch.float32), eps=0.0).item()
-    assert got == pytest.approx(expected, rel=1e-4)
-    assert expected > 0.98  # the copied unit alone: correlation 0.995
-    assert cross_factor_correlation(torch.tensor(m[..., :1, :], dtype=torch.float32)).item() == 0.0

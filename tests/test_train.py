@@ -88,7 +88,7 @@ def test_free_bits_leave_factors_below_the_floor_unpenalised(tiny_config):
     for floor in (0.0, 1e6):
         trainer = make_trainer(make_model(tiny_config, torch.device("cpu")), tiny_config,
                                torch.device("cpu"))
-        loss, terms, _ = forward_backward(trainer, frames, noise, free_bits=floor)
+        loss, terms = forward_backward(trainer, frames, noise, free_bits=floor)
         grads = [p.grad for p in trainer.model.transition.parameters()]
         results[floor] = (loss.item(), terms, max(g.abs().max().item() for g in grads))
     (plain, terms, g_plain), (floored, _, g_floored) = results[0.0], results[1e6]
@@ -96,21 +96,6 @@ def test_free_bits_leave_factors_below_the_floor_unpenalised(tiny_config):
     K = tiny_config.model.factors
     assert floored == pytest.approx(-terms.log_likelihood.mean().item() + K * 1e6, rel=1e-6)
     assert g_plain > 0 and g_floored == 0
-
-
-def test_decorrelation_adds_the_weighted_cross_factor_correlation_to_the_loss(tiny_config):
-    from indpred.objective import cross_factor_correlation, filtered_elbo
-    from indpred.train import forward_backward, make_model, make_trainer
-
-    tiny_config.train.decorrelation = 3.0
-    frames = torch.rand(4, 3, 3, 64, 64)
-    noise = torch.randn(4, 3, tiny_config.model.factors, tiny_config.model.factor_dim)
-    trainer = make_trainer(make_model(tiny_config, torch.device("cpu")), tiny_config, torch.device("cpu"))
-    loss, terms, corr = forward_backward(trainer, frames, noise, decorrelation=3.0)
-    _, f = filtered_elbo(trainer.model, frames, noise=noise)
-    expected = cross_factor_correlation(f.post_mean).item()
-    assert corr.item() == pytest.approx(expected, rel=1e-5) and expected > 0
-    assert loss.item() == pytest.approx(-terms.elbo.mean().item() + 3.0 * expected, rel=1e-6)
 
 
 def test_data_mean_output_init_starts_at_the_training_frames_mean(tiny_config):

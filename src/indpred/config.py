@@ -106,10 +106,6 @@ class TrainConfig:
     # is not penalised, so no factor can settle into carrying nothing (0: off; the ELBO logged
     # and evaluated is always the true one).
     free_bits: float = 0.0
-    # Beyond the paper: add this multiple of the batch's summed squared correlations between
-    # different factors' posterior means to the loss (objective.cross_factor_correlation), so
-    # two factors holding the same thing pay for it (0: off; the ELBO logged is the true one).
-    decorrelation: float = 0.0
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: off)
     max_bad_steps: int = 20  # stop after this many non-finite steps in a row (each is skipped)
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resumes on GPU)
@@ -243,10 +239,8 @@ def validate(cfg: RunConfig) -> None:
         (0 < t.adam_beta2 < 1, f"train.adam_beta2 must be in (0, 1), got {t.adam_beta2}"),
         (0 < t.lr_decay <= 1, f"train.lr_decay must be in (0, 1], got {t.lr_decay}"),
         (t.lr_decay_every >= 1, f"train.lr_decay_every must be >= 1, got {t.lr_decay_every}"),
-        (t.kl_warmup >= 0 and t.noise_warmup >= 0 and t.grad_clip >= 0 and t.free_bits >= 0
-         and t.decorrelation >= 0,
-         "train.kl_warmup, train.noise_warmup, train.grad_clip, train.free_bits and "
-         "train.decorrelation must be >= 0"),
+        (t.kl_warmup >= 0 and t.noise_warmup >= 0 and t.grad_clip >= 0 and t.free_bits >= 0,
+         "train.kl_warmup, train.noise_warmup, train.grad_clip and train.free_bits must be >= 0"),
         (t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}"),
         (t.eval_every >= 0 and t.checkpoint_every >= 0,
          "train.eval_every and train.checkpoint_every must be >= 0"),

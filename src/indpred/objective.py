@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from indpred.model.vae import FactoredVAE, Filtered
+    from indpred.model.vae import FactoredVAE
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -89,37 +89,9 @@ def sequence_elbo(
     generator: torch.Generator | None = None,
 ) -> ElboTerms:
     """One-sample ELBO terms of a batch of videos (B, T, C, H, W) under ``model``."""
-    return filtered_elbo(model, frames, noise=noise, generator=generator)[0]
-
-
-def filtered_elbo(
-    model: FactoredVAE,
-    frames: Tensor,
-    *,
-    noise: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[ElboTerms, Filtered]:
-    """:func:`sequence_elbo` and the filter's output it was computed from."""
     f = model.filter(frames, noise=noise, generator=generator)
     x_mean = model.decode(f.z)  # (B, T, C, H, W)
-    terms = elbo_terms(
+    return elbo_terms(
         frames, x_mean, math.log(model.config.obs_var),
         f.post_mean, f.post_logvar, f.prior_mean, f.prior_logvar,
     )
-    return terms, f
-
-
-def cross_factor_correlation(post_mean: Tensor, eps: float = 1e-2) -> Tensor:
-    """Σ over factor pairs k < j and their units a, b of Corr(μ_a^k, μ_b^j)², over a batch.
-
-    ``post_mean`` (B, T, K, d): posterior means; the correlations are taken over all B·T
-    frames. Zero when every factor's units are uncorrelated with every other factor's,
-    as the factored prior assumes of the scene's causes; two factors that both encode one
-    digit's position correlate. ``eps`` keeps near-constant (unused) units from dividing
-    by zero. Beyond the paper: ``train.decorrelation`` adds it to the training loss.
-    """
-    m = post_mean.flatten(0, 1).float()  # (N, K, d)
-    z = (m - m.mean(0)) / (m.std(0) + eps)  # (N, K, d) standardised units
-    corr = torch.einsum("nka,njb->kjab", z, z) / max(m.shape[0] - 1, 1)  # (K, K, d, d)
-    pairs = corr.square().sum((2, 3))  # (K, K)
-    return pairs.triu(1).sum()

@@ -57,7 +57,7 @@ from indpred.eval.elbo import dataset_elbo
 from indpred.fileio import write_text_atomic
 from indpred.lock import run_lock
 from indpred.model import FactoredVAE
-from indpred.objective import ElboTerms, cross_factor_correlation, filtered_elbo
+from indpred.objective import ElboTerms, sequence_elbo
 
 TRAIN_STREAM_LENGTH = 2**31 - 1  # the training stream is, in practice, endless
 
@@ -103,19 +103,16 @@ class ElboObjective(nn.Module):
     """The training objective as a module: what DDP wraps and ``torch.compile`` compiles.
 
     ``forward(frames (B, T, C, H, W), noise (B, T, K, d))`` returns the per-sequence
-    log-likelihood (B,) and KL per factor (B, K), in nats per frame, and the batch's
-    :func:`cross_factor_correlation` (a scalar; 0 unless ``decorrelation`` is on).
+    log-likelihood (B,) and KL per factor (B, K), in nats per frame.
     """
 
-    def __init__(self, model: FactoredVAE, *, decorrelation: bool = False) -> None:
+    def __init__(self, model: FactoredVAE) -> None:
         super().__init__()
         self.model = model
-        self.decorrelation = decorrelation
 
-    def forward(self, frames: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        terms, f = filtered_elbo(self.model, frames, noise=noise)
-        corr = cross_factor_correlation(f.post_mean) if self.decorrelation else frames.new_zeros(())
-        return terms.log_likelihood, terms.kl, corr
+    def forward(self, frames: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        terms = sequence_elbo(self.model, frames, noise=noise)
+        return terms.log_likelihood, terms.kl
 
 
 @dataclass
@@ -176,7 +173,7 @@ def make_trainer(model: FactoredVAE, cfg: RunConfig, device: torch.device,
                  ranks: Ranks = SINGLE) -> Trainer:
     """Wrap ``model`` for training: global batch norm and DDP over several ranks, compilation, Adam."""
     tc = cfg.train
-    objective: nn.Module = ElboObjective(model, decorrelation=tc.decorrelation > 0)
+    objective: nn.Module = ElboObjective(model)
     if ranks.active:
         distributed.sync_batch_norm(model, device)
         # Batch norm's statistics are global already: no broadcast of buffers at each step.
@@ -193,20 +190,17 @@ def make_trainer(model: FactoredVAE, cfg: RunConfig, device: torch.device,
 
 
 def forward_backward(trainer: Trainer, frames: Tensor, noise: Tensor, kl_weight: float = 1.0,
-                     free_bits: float = 0.0, ranks: Ranks = SINGLE,
-                     decorrelation: float = 0.0) -> tuple[Tensor, ElboTerms, Tensor]:
+                     free_bits: float = 0.0, ranks: Ranks = SINGLE) -> tuple[Tensor, ElboTerms]:
     """Loss and ELBO terms of one batch, gradients accumulated (no optimiser step).
 
     The loss is ``−(log-likelihood − kl_weight·KL)`` averaged over the batch; with
     ``free_bits`` > 0 each factor's batch-mean KL enters as ``max(KL_k, free_bits)``,
     where the mean is over the *global* batch under torchrun (one all-reduce of K
     numbers), so that R ranks train what one process trains on their R·B sequences.
-    ``decorrelation`` > 0 adds that multiple of the batch's cross-factor correlation
-    (this rank's batch). Returns the loss, the ELBO terms and that correlation.
     """
     if trainer.cuda_graphs:  # a new step: the graphs may reuse the last step's output memory
         torch.compiler.cudagraph_mark_step_begin()
-    ll, kl, corr = trainer.objective(frames, noise)  # (B,), (B, K), ()
+    ll, kl = trainer.objective(frames, noise)  # (B,), (B, K)
     if free_bits > 0:
         kl_mean = kl.mean(0)  # (K,) this rank's batch mean
         global_mean = distributed.all_reduce_sum(kl_mean.detach().clone(), ranks) / ranks.world
@@ -214,11 +208,9 @@ def forward_backward(trainer: Trainer, frames: Tensor, noise: Tensor, kl_weight:
         loss = -ll.mean() + kl_weight * penalised.sum()
     else:
         loss = -(ll - kl_weight * kl.sum(-1)).mean()
-    if decorrelation > 0:
-        loss = loss + decorrelation * corr
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    return loss, ElboTerms(log_likelihood=ll.detach(), kl=kl.detach()), corr.detach()
+    return loss, ElboTerms(log_likelihood=ll.detach(), kl=kl.detach())
 
 
 # ---------------------------------------------------------------------------- data
@@ -551,7 +543,7 @@ def _loop(
     bar = tqdm(total=tc.steps, initial=start, disable=not (progress and main), unit="step",
                dynamic_ncols=True, desc=run_dir.name, mininterval=0.1 if interactive else 30.0)
     batches = step_batches(train_set, B, start, tc.steps, device, ranks=ranks, workers=tc.data_workers)
-    sums = {"elbo": 0.0, "log_likelihood": 0.0, "corr": 0.0, "n": 0}
+    sums = {"elbo": 0.0, "log_likelihood": 0.0, "n": 0}
     kl_sum = torch.zeros(K, dtype=torch.float64)
     t_log, t0 = time.perf_counter(), time.perf_counter()
     step = start
@@ -572,20 +564,18 @@ def _loop(
                 eps = torch.randn(R * B, T, K, d, device=device, generator=noise)[rows]  # (B, T, K, d)
                 if noise_scale < 1.0:
                     eps = eps * noise_scale
-                loss, terms, corr = forward_backward(trainer, frames, eps, beta, tc.free_bits, ranks,
-                                                     tc.decorrelation)
+                loss, terms = forward_backward(trainer, frames, eps, beta, tc.free_bits, ranks)
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     model.parameters(), tc.grad_clip if tc.grad_clip else math.inf)
                 # One transfer (and, over several ranks, one all-reduce) for every figure
                 # the step decides on or logs: loss, gradient norm, ELBO, its terms, stop.
                 figures = torch.cat([loss.detach().reshape(1), grad_norm.reshape(1).to(loss),
                                      terms.elbo.mean().reshape(1), terms.log_likelihood.mean().reshape(1),
-                                     terms.kl.mean(0), corr.reshape(1).to(loss),
-                                     loss.new_full((1,), float(signals["stop"]))])
+                                     terms.kl.mean(0), loss.new_full((1,), float(signals["stop"]))])
                 if ranks.active:
                     distributed.all_reduce_sum(figures, ranks)
                     figures[:-1] /= R
-                loss_v, norm_v, elbo_v, ll_v, *kl_v, corr_v, stop_v = figures.tolist()
+                loss_v, norm_v, elbo_v, ll_v, *kl_v, stop_v = figures.tolist()
                 stop = stop_v > 0 or (not ranks.active and signals["stop"])
                 step += 1
                 bar.update(1)
@@ -617,7 +607,6 @@ def _loop(
                 sums["elbo"] += elbo_v
                 sums["log_likelihood"] += ll_v
                 kl_sum += torch.tensor(kl_v, dtype=torch.float64)
-                sums["corr"] += corr_v
                 sums["n"] += 1
                 if (step % tc.log_every == 0 or step == tc.steps) and sums["n"]:
                     now = time.perf_counter()
@@ -628,13 +617,11 @@ def _loop(
                               "kl": (kl_sum / n).tolist(), "lr": lr, "kl_weight": beta,
                               "noise_scale": noise_scale,
                               "frames_per_s": fps}
-                    if tc.decorrelation > 0:
-                        record["cross_correlation"] = sums["corr"] / n
                     if log is not None:
                         log.write(json.dumps(record) + "\n")
                         log.flush()
                     bar.set_postfix(elbo=f"{record['elbo']:.1f}", fps=f"{fps:.0f}", refresh=interactive)
-                    sums = {"elbo": 0.0, "log_likelihood": 0.0, "corr": 0.0, "n": 0}
+                    sums = {"elbo": 0.0, "log_likelihood": 0.0, "n": 0}
                     kl_sum.zero_()
                     t_log = now
                 if main and tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
