@@ -221,7 +221,7 @@ def validate(cfg: RunConfig) -> None:
          f"model.output_init must be 'default' or 'data-mean', got {m.output_init!r}"),
         (m.posterior in ("paper", "attention"),
          f"model.posterior must be 'paper' or 'attention', got {m.posterior!r}"),
-        (m.slots >= 0 and m.slots % m.factors == 0,
+        (m.slots >= 0 and m.slots % max(m.factors, 1) == 0,
          f"model.slots must be 0 or a multiple of model.factors ({m.factors}), got {m.slots}"),
         (m.attention_dim >= 1 and m.attention_iters >= 1,
          "model.attention_dim and model.attention_iters must be >= 1"),
