@@ -39,10 +39,11 @@ def grads(model: FactoredVAE, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     return dict(zip(names, torch.autograd.grad(loss, params)))
 
 
-@pytest.mark.parametrize("mode,posterior", [("state", "paper"), ("none", "paper"), ("state", "attention")])
-def test_vectorised_model_equals_the_naive_reference(mode, posterior):
+@pytest.mark.parametrize("mode,posterior,iters", [("state", "paper", 1), ("none", "paper", 1),
+                                                  ("state", "attention", 1), ("state", "attention", 2)])
+def test_vectorised_model_equals_the_naive_reference(mode, posterior, iters):
     torch.manual_seed(0)
-    config = small(posterior_prior_grad=mode, posterior=posterior, attention_iters=2, attention_dim=8)
+    config = small(posterior_prior_grad=mode, posterior=posterior, attention_iters=iters, attention_dim=8)
     model = with_running_statistics(FactoredVAE(config))
     frames = torch.rand(2, 5, 3, 64, 64)
     noise = torch.randn(2, 5, 3, 4)

@@ -90,7 +90,8 @@ class AttentionPosterior(nn.Module):
         # no two slots start out looking for the same thing.
         self.embedding = nn.Parameter(nn.init.orthogonal_(torch.empty(slots + 1, dim)) * math.sqrt(dim))
         self.from_prediction = GroupedLinear(slots, 2 * factor_dim, dim)
-        self.refine = nn.Linear(dim + 3, dim)
+        # Only with more than one round: a layer that no loss reaches would stall DDP.
+        self.refine = nn.Linear(dim + 3, dim) if iters > 1 else None
         read = (slots // factors) * (dim + 3)  # one factor's slots, concatenated
         self.from_x = GroupedLinear(factors, read, factor_dim)
         self.from_mean = GroupedLinear(factors, factor_dim, factor_dim)
@@ -134,7 +135,7 @@ class AttentionPosterior(nn.Module):
         queries = queries + self.embedding
         for i in range(self.iters):
             slots = self.read(frame_part, queries)  # (B, S, D + 3)
-            if i + 1 < self.iters:
+            if self.refine is not None and i + 1 < self.iters:
                 queries = queries + F.pad(self.refine(slots), (0, 0, 0, 1))  # background query kept
         hx = F.leaky_relu(self.from_x(slots.reshape(B, K, -1)), 0.2)  # (B, K, d)
         hm = F.leaky_relu(self.from_mean(mean), 0.2)  # (B, K, d)
