@@ -71,9 +71,14 @@ def test_demo_trains_both_twins_and_never_overwrites(tmp_path, capsys):
     train(alone, tmp_path / "alone", steps=2, progress=False)
     summary = [json.loads((r / "summary.json").read_text()) for r in (out / "factored", tmp_path / "alone")]
     assert summary[0]["test"]["elbo"] == summary[1]["test"]["elbo"]
+    capsys.readouterr()
+    never_awake = ["--set", "train.dormant_check=1", "--set", "train.dormant_nats=1e9",
+                   "--set", "train.dormant_restarts=1"]
     assert run_cli("demo", "--steps", 1, "--out", out, "--no-progress", "--eval-sequences", 8,
-                   "--sequential", *SETS) == 0
+                   "--sequential", *SETS, *never_awake) == 0
     assert (tmp_path / "demo-1" / "factored" / "summary.json").is_file()
+    text = capsys.readouterr().out
+    assert "factored: started over 1 time(s)" in text and "entangled: started over" not in text
     assert (out / "factored" / "checkpoints" / "step-00000002").is_dir()
 
 

@@ -26,8 +26,11 @@ ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "OMP_WA
 # kernels sum in another order for another batch size, and Adam magnifies that rounding on
 # near-zero gradients beyond the tolerance within four steps. Free bits stay on (the demo's 3).
 # float32 NCHW, for the same reason: the demo's bf16 (where the CPU has it) rounds far more.
+# Every rank must also start over together when a factor is dormant: the first start is
+# abandoned at step 1 (no KL reaches 1e9 nats), and the second trains on.
 SETS = [*TINY, "model.decoder=shared", "train.precision=fp32", "train.channels_last=false",
-        "train.lr=1e-3", "train.checkpoint_every=2", "train.kl_warmup=3"]
+        "train.lr=1e-3", "train.checkpoint_every=2", "train.kl_warmup=3",
+        "train.dormant_check=1", "train.dormant_nats=1e9", "train.dormant_restarts=1"]
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
@@ -69,7 +72,9 @@ def test_two_ranks_train_what_one_process_trains_on_the_global_batch_and_resume(
         assert abs(a["elbo"] - b["elbo"]) < 1e-3 * abs(a["elbo"]), (a, b)
     assert json.loads((two / "summary.json").read_text())["ranks"] == 2
     assert {p.name for p in two.iterdir()} == {"config.json", "metrics.jsonl", "summary.json",
-                                              "checkpoints", ".lock"}
+                                              "checkpoints", ".lock", "restarts.jsonl",
+                                              "metrics-attempt-0.jsonl"}
+    assert [r["attempt"] for r in json.loads((two / "summary.json").read_text())["restarts"]] == [0]
 
 
 def test_a_rank_0_that_cannot_start_stops_every_rank(tmp_path, tiny_config):

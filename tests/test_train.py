@@ -137,3 +137,55 @@ def test_noise_warmup_scales_the_reparameterisation_noise(tmp_path, tiny_config)
         elbo = {s: sequence_elbo(model, frames, noise=s * eps).elbo.mean().item() for s in (0.25, 1.0)}
     assert logged["elbo"] == pytest.approx(elbo[0.25], rel=1e-5)
     assert abs(elbo[1.0] - elbo[0.25]) > 1e-3 * abs(elbo[0.25])
+
+
+def final_weights(run_dir):
+    return read_checkpoint(latest_checkpoint(run_dir / "checkpoints"))[1]
+
+
+def test_a_dormant_factor_starts_the_run_over_as_if_seeded_anew(tmp_path, tiny_config):
+    from indpred.train import attempt_seed
+
+    # dormant_nats far above any KL: every checked start is abandoned, twice, then the third runs on.
+    cfg = apply_overrides(RunConfig.from_dict(tiny_config.to_dict()),
+                          ["train.dormant_check=3", "train.dormant_nats=1e9",
+                           "train.dormant_restarts=2", "train.checkpoint_every=2"])
+    run = tmp_path / "run"
+    result = train(RunConfig.from_dict(cfg.to_dict()), run, steps=5, progress=False)
+    restarts = [json.loads(line) for line in (run / "restarts.jsonl").read_text().splitlines()]
+    assert [r["attempt"] for r in restarts] == [0, 1] and [r["step"] for r in restarts] == [3, 3]
+    # The KL the check saw is the mean of the abandoned start's logged KL over its window.
+    logged = [r["kl"] for r in map(json.loads, (run / "metrics-attempt-0.jsonl").read_text().splitlines())
+              if r["split"] == "train"]
+    assert len(logged) == 3
+    expected = torch.tensor(logged, dtype=torch.float64).mean(0)
+    assert torch.allclose(torch.tensor(restarts[0]["kl"], dtype=torch.float64), expected)
+    assert [r["step"] for r in records(run)] == [1, 2, 3, 4, 5] and result.step == 5
+    assert json.loads((run / "summary.json").read_text())["restarts"] == restarts
+    state, _, _ = read_checkpoint(latest_checkpoint(run / "checkpoints"))
+    assert state["extra"]["attempt"] == 2
+
+    # The third start is exactly a run whose seed is that start's seed.
+    seeded = apply_overrides(tiny_config, [f"train.seed={attempt_seed(cfg, 2)}"])
+    train(seeded, tmp_path / "seeded", steps=5, progress=False)
+    a, b = final_weights(run), final_weights(tmp_path / "seeded")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # Resuming that run goes on with its third start and checks nothing again.
+    train(RunConfig(), run, resume=True, steps=7, progress=False)
+    train(seeded, tmp_path / "seeded", resume=True, steps=7, progress=False)
+    a, b = final_weights(run), final_weights(tmp_path / "seeded")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len((run / "restarts.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("change", ["train.dormant_nats=0", "model.factors=1", "train.dormant_restarts=0"])
+def test_the_dormant_check_leaves_awake_entangled_or_exhausted_runs_alone(tmp_path, tiny_config, change):
+    base = apply_overrides(RunConfig.from_dict(tiny_config.to_dict()), [change])
+    never_awake = [] if "nats" in change else ["train.dormant_nats=1e9"]
+    checked = apply_overrides(RunConfig.from_dict(base.to_dict()), ["train.dormant_check=2", *never_awake])
+    train(checked, tmp_path / "checked", steps=3, progress=False)
+    train(base, tmp_path / "plain", steps=3, progress=False)
+    assert not (tmp_path / "checked" / "restarts.jsonl").exists()
+    a, b = final_weights(tmp_path / "checked"), final_weights(tmp_path / "plain")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -73,6 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from indpred.compare import load_metrics, separated, separation_lines, write_comparison
     from indpred.demo import evaluate_twins, train_twins
+    from indpred.run import RESTARTS, read_restarts
 
     base = apply_overrides(get_preset("demo"), _mnist_override(args) + list(args.set))
     if args.seed is not None:
@@ -99,6 +100,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     for line in separation_lines(runs):
         print(line)
+    if restarts := read_restarts(runs[0]):
+        print(f"{runs[0].name}: started over {len(restarts)} time(s), a factor being still dormant at "
+              f"step {restarts[0]['step']} (train.dormant_check; {runs[0] / RESTARTS})")
     alignment = load_metrics(runs[0]).get("alignment", {})
     if alignment.get("score") is not None and not separated(alignment):
         print("the factored model did not separate the digits this time; at the demo's budget "

@@ -107,6 +107,15 @@ class TrainConfig:
     # and evaluated is always the true one).
     free_bits: float = 0.0
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: off)
+    # Starting over when a factor is still dormant (beyond the paper; 0: off). At step
+    # ``dormant_check`` every factor's KL (nats per frame, the mean of the last 100 steps) must
+    # have reached ``dormant_nats``; if one has not, it carries (nearly) nothing while another
+    # has begun to take parts of every object, a start that ends with the factors sharing the
+    # objects (docs/RESULTS.md). The run then starts over from new parameters (seed
+    # train.seed + 10007·attempt), at most ``dormant_restarts`` times. Checked only for K ≥ 2.
+    dormant_check: int = 0
+    dormant_nats: float = 4.0
+    dormant_restarts: int = 2
     max_bad_steps: int = 20  # stop after this many non-finite steps in a row (each is skipped)
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resumes on GPU)
     seed: int = 0  # seed of parameters and of the reparameterisation noise
@@ -241,6 +250,8 @@ def validate(cfg: RunConfig) -> None:
         (t.lr_decay_every >= 1, f"train.lr_decay_every must be >= 1, got {t.lr_decay_every}"),
         (t.kl_warmup >= 0 and t.noise_warmup >= 0 and t.grad_clip >= 0 and t.free_bits >= 0,
          "train.kl_warmup, train.noise_warmup, train.grad_clip and train.free_bits must be >= 0"),
+        (t.dormant_check >= 0 and t.dormant_nats >= 0 and t.dormant_restarts >= 0,
+         "train.dormant_check, train.dormant_nats and train.dormant_restarts must be >= 0"),
         (t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}"),
         (t.eval_every >= 0 and t.checkpoint_every >= 0,
          "train.eval_every and train.checkpoint_every must be >= 0"),
@@ -295,14 +306,17 @@ def _demo() -> RunConfig:
     distinct digits per step), with 3 free nats per factor so that neither factor settles
     into carrying nothing, and with bf16 image networks where the CPU computes bf16
     natively (AMX or AVX512-BF16; fp32 elsewhere). It keeps the paper's 16 units per
-    factor: with 8, one digit was often never encoded (docs/RESULTS.md).
+    factor: with 8, one digit was often never encoded (docs/RESULTS.md). A start in which
+    one factor is still at its free nats after 600 steps is abandoned for new parameters
+    (at most twice): such starts ended with both factors sharing the digits.
     """
     return RunConfig(
         preset="demo",
         model=ModelConfig(factors=2, factor_dim=16, width=0.25, obs_var=0.25, decoder="per-factor"),
         data=DataConfig(n_digits=2, colour=True, seq_len=4, test_sequences=128),
         train=TrainConfig(steps=2400, batch_size=32, lr=2e-3, free_bits=3.0, eval_every=0,
-                          checkpoint_every=400, log_every=10, precision="auto", channels_last=True),
+                          checkpoint_every=400, log_every=10, precision="auto", channels_last=True,
+                          dormant_check=600, dormant_nats=3.8, dormant_restarts=2),
     )
 
 

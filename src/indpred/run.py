@@ -5,11 +5,14 @@
     RUN_DIR/config.json        the full resolved RunConfig
     RUN_DIR/metrics.jsonl      one JSON object per log line (train and test)
     RUN_DIR/summary.json       final figures, written when training ends
+    RUN_DIR/restarts.jsonl     one line per start abandoned for a dormant factor (if any),
+    RUN_DIR/metrics-attempt-N.jsonl  with the log of abandoned start N
     RUN_DIR/checkpoints/       step-NNNNNNNN/ folders (see indpred.checkpoint)
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -23,6 +26,20 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
+RESTARTS = "restarts.jsonl"
+
+
+def read_restarts(run_dir: str | Path) -> list[dict]:
+    """The starts of a run abandoned for a dormant factor (``train.dormant_check``), oldest first."""
+    path = Path(run_dir) / RESTARTS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def attempt_metrics(attempt: int | str) -> str:
+    """The name the log of abandoned start ``attempt`` is kept under ("*": a glob of them all)."""
+    return f"metrics-attempt-{attempt}.jsonl"
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -60,6 +60,8 @@ from indpred.model import FactoredVAE
 from indpred.objective import ElboTerms, sequence_elbo
 
 TRAIN_STREAM_LENGTH = 2**31 - 1  # the training stream is, in practice, endless
+DORMANT_WINDOW = 100  # steps whose KL the dormant-factor check averages
+ATTEMPT_SEED_STRIDE = 10007  # start N of a run draws its parameters and noise from seed + N·this
 
 
 def make_datasets(data: DataConfig) -> tuple[Dataset, Dataset]:
@@ -94,6 +96,7 @@ class TrainResult:
     seconds: float = 0.0
     stopped_early: bool = False
     rank: int = 0
+    dormant: list[float] | None = None  # KL per factor at the check, when the run must start over
 
 
 # ---------------------------------------------------------------------------- the step
@@ -146,10 +149,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if native_bf16(device) else "fp32"
 
 
-def make_model(cfg: RunConfig, device: torch.device) -> FactoredVAE:
-    """The model, initialised from ``train.seed``, on ``device``, executing as ``train`` says."""
+def attempt_seed(cfg: RunConfig, attempt: int) -> int:
+    """The seed of start ``attempt`` (0: the first) of a run: its parameters and its noise."""
+    return cfg.train.seed + ATTEMPT_SEED_STRIDE * attempt
+
+
+def make_model(cfg: RunConfig, device: torch.device, attempt: int = 0) -> FactoredVAE:
+    """The model, initialised from ``train.seed`` (see :func:`attempt_seed`), on ``device``,
+    executing as ``train`` says."""
     tc = cfg.train
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(attempt_seed(cfg, attempt))
     model = FactoredVAE(cfg.model).to(device)
     return model.configure(precision=resolve_precision(tc.precision, device),
                            channels_last=tc.channels_last,
@@ -321,8 +330,10 @@ def check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> bool:
 def make_run_dir(run_dir: Path, *, clear: bool) -> None:
     """Create (or, with ``clear``, empty of indpred's own files) a writable run folder."""
     if clear:
-        for name in (runfolder.CONFIG, runfolder.METRICS, runfolder.SUMMARY):
+        for name in (runfolder.CONFIG, runfolder.METRICS, runfolder.SUMMARY, runfolder.RESTARTS):
             (run_dir / name).unlink(missing_ok=True)
+        for old in run_dir.glob(runfolder.attempt_metrics("*")):
+            old.unlink(missing_ok=True)
         shutil.rmtree(run_dir / runfolder.CHECKPOINTS, ignore_errors=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -430,16 +441,8 @@ def _train_follower(run_dir: Path, ranks: Ranks, *, progress: bool) -> TrainResu
     device = distributed.training_device(runfolder.resolve_device(cfg.train.device), ranks)
     train_set, _ = make_datasets(cfg.data)
     _setup_torch(cfg)
-    model = make_model(cfg, device)
-    if message["checkpoint"] is not None:
-        load_weights(model, message["checkpoint"][1], run_dir)
-    if message["checkpoint"] is None:
-        init_output_from_data(model, train_set)
-    trainer = make_trainer(model, cfg, device, ranks)
-    noise = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
-    start = _restore(trainer, noise, message["checkpoint"])
-    return _loop(cfg, run_dir, device, trainer, noise, train_set, None, start=start, ranks=ranks,
-                 progress=False)
+    return _train_attempts(cfg, run_dir, device, (train_set, None), message["checkpoint"], run_dir,
+                           attempt=message["attempt"], ranks=ranks, progress=False, resumed=False)
 
 
 def _setup_torch(cfg: RunConfig) -> None:
@@ -477,27 +480,76 @@ def _train_locked(
     ranks: Ranks = SINGLE,
     handshake: _Handshake | None = None,
 ) -> TrainResult:
-    tc = cfg.train
-    train_set, test_set = datasets
     _setup_torch(cfg)
-    model = make_model(cfg, device)
     ckpt_dir = run_dir / runfolder.CHECKPOINTS
     clean_stale_temporaries(ckpt_dir)
-    checkpoint = None
+    checkpoint, source = None, run_dir
+    attempt = len(runfolder.read_restarts(run_dir)) if resume else 0  # the starts abandoned so far
     if resume and (found := read_latest_valid(ckpt_dir)) is not None:
-        ckpt, state, weights, train_tensors = found
-        load_weights(model, weights, ckpt)
+        source, state, weights, train_tensors = found
         checkpoint = (state, weights, train_tensors)
+        attempt = state.get("extra", {}).get("attempt", 0)
         _trim_metrics(run_dir / runfolder.METRICS, state["step"])
     if handshake is not None:
-        handshake.send({"config": cfg.to_dict(), "checkpoint": checkpoint})
-    if checkpoint is None:
-        init_output_from_data(model, train_set)
-    trainer = make_trainer(model, cfg, device, ranks)
-    noise = torch.Generator(device=device).manual_seed(tc.seed + 1)
-    start = _restore(trainer, noise, checkpoint)
-    return _loop(cfg, run_dir, device, trainer, noise, train_set, test_set, start=start,
-                 ranks=ranks, progress=progress, resumed=resume and start > 0)
+        handshake.send({"config": cfg.to_dict(), "checkpoint": checkpoint, "attempt": attempt})
+    return _train_attempts(cfg, run_dir, device, datasets, checkpoint, source, attempt=attempt,
+                           ranks=ranks, progress=progress, resumed=resume and checkpoint is not None)
+
+
+def _train_attempts(
+    cfg: RunConfig,
+    run_dir: Path,
+    device: torch.device,
+    datasets: tuple[Dataset, Dataset | None],
+    checkpoint: tuple | None,
+    source: Path,
+    *,
+    attempt: int,
+    ranks: Ranks,
+    progress: bool,
+    resumed: bool,
+) -> TrainResult:
+    """Build the model of start ``attempt`` (from ``checkpoint`` if given) and train it, starting
+    over with new parameters each time the loop finds a dormant factor (``train.dormant_check``)."""
+    train_set, test_set = datasets
+    while True:
+        model = make_model(cfg, device, attempt)
+        if checkpoint is not None:
+            load_weights(model, checkpoint[1], source)
+        else:
+            init_output_from_data(model, train_set)
+        trainer = make_trainer(model, cfg, device, ranks)
+        noise = torch.Generator(device=device).manual_seed(attempt_seed(cfg, attempt) + 1)
+        start = _restore(trainer, noise, checkpoint)
+        result = _loop(cfg, run_dir, device, trainer, noise, train_set, test_set, start=start,
+                       ranks=ranks, progress=progress, resumed=resumed and start > 0, attempt=attempt)
+        if result.dormant is None:
+            return result
+        if ranks.main:
+            _abandon_attempt(cfg, run_dir, attempt, result)
+        if result.stopped_early:  # asked to stop as well: a resume takes the next start
+            result.dormant = None
+            return result
+        attempt, checkpoint, resumed = attempt + 1, None, False
+
+
+def _abandon_attempt(cfg: RunConfig, run_dir: Path, attempt: int, result: TrainResult) -> None:
+    """Keep the log of a start abandoned for a dormant factor, drop its checkpoints, say so."""
+    assert result.dormant is not None
+    record = {"attempt": attempt, "seed": attempt_seed(cfg, attempt), "step": result.step,
+              "kl": result.dormant, "dormant_nats": cfg.train.dormant_nats,
+              "next_seed": attempt_seed(cfg, attempt + 1)}
+    with (run_dir / runfolder.RESTARTS).open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    metrics = run_dir / runfolder.METRICS
+    if metrics.is_file():
+        os.replace(metrics, run_dir / runfolder.attempt_metrics(attempt))
+    shutil.rmtree(run_dir / runfolder.CHECKPOINTS, ignore_errors=True)
+    kl = ", ".join(f"{v:.2f}" for v in result.dormant)
+    tqdm.write(f"{run_dir.name}: a factor is still dormant at step {result.step} (KL {kl} nats/frame, "
+               f"below {cfg.train.dormant_nats:g}): starting over with seed "
+               f"{attempt_seed(cfg, attempt + 1)} (start {attempt + 2} of at most "
+               f"{cfg.train.dormant_restarts + 1})", file=sys.stderr)
 
 
 def _ramp(step: int, steps: int) -> float:
@@ -518,8 +570,13 @@ def _loop(
     ranks: Ranks,
     progress: bool,
     resumed: bool = False,
+    attempt: int = 0,
 ) -> TrainResult:
-    """The optimisation loop, on every rank; rank 0 alone logs, evaluates and checkpoints."""
+    """The optimisation loop, on every rank; rank 0 alone logs, evaluates and checkpoints.
+
+    It returns early, with ``dormant`` set and nothing saved, when a factor is still
+    dormant at ``train.dormant_check`` and this start (``attempt``) may be abandoned.
+    """
     tc = cfg.train
     model, optimizer = trainer.model, trainer.optimizer
     main = ranks.main
@@ -531,7 +588,7 @@ def _loop(
         if saved_at == step or not main:
             return
         save_checkpoint(ckpt_dir, step, model, optimizer, rng={"noise": noise.get_state()},
-                        extra={"preset": cfg.preset, "skipped_steps": skipped},
+                        extra={"preset": cfg.preset, "skipped_steps": skipped, "attempt": attempt},
                         keep=tc.keep_checkpoints)
         saved_at = step
 
@@ -545,6 +602,9 @@ def _loop(
     batches = step_batches(train_set, B, start, tc.steps, device, ranks=ranks, workers=tc.data_workers)
     sums = {"elbo": 0.0, "log_likelihood": 0.0, "n": 0}
     kl_sum = torch.zeros(K, dtype=torch.float64)
+    check = tc.dormant_check if K > 1 and attempt < tc.dormant_restarts else 0
+    wake_sum, wake_n = torch.zeros(K, dtype=torch.float64), 0  # KL over the check's window
+    dormant: list[float] | None = None
     t_log, t0 = time.perf_counter(), time.perf_counter()
     step = start
     skipped, bad_in_a_row = 0, 0
@@ -608,6 +668,9 @@ def _loop(
                 sums["log_likelihood"] += ll_v
                 kl_sum += torch.tensor(kl_v, dtype=torch.float64)
                 sums["n"] += 1
+                if check and check - DORMANT_WINDOW < step <= check:
+                    wake_sum += torch.tensor(kl_v, dtype=torch.float64)
+                    wake_n += 1
                 if (step % tc.log_every == 0 or step == tc.steps) and sums["n"]:
                     now = time.perf_counter()
                     n = sums["n"]
@@ -628,6 +691,10 @@ def _loop(
                     test = dataset_elbo(model, test_set, seed=cfg.data.seed, device=device)
                     log.write(json.dumps({"step": step, "split": "test", **test}) + "\n")
                     log.flush()
+                if step == check and wake_n and (wake_sum / wake_n).min() < tc.dormant_nats:
+                    dormant = (wake_sum / wake_n).tolist()  # the same on every rank (all-reduced)
+                    stopped = stop
+                    break
                 if tc.checkpoint_every and step % tc.checkpoint_every == 0:
                     checkpoint(step)
                 if stop:
@@ -638,6 +705,9 @@ def _loop(
         bar.close()
         if log is not None:
             log.close()
+    if dormant is not None:
+        return TrainResult(run_dir=run_dir, step=step, seconds=time.perf_counter() - t0,
+                           stopped_early=stopped, rank=ranks.rank, dormant=dormant)
     checkpoint(step)
 
     elapsed = time.perf_counter() - t0
@@ -657,5 +727,7 @@ def _loop(
     }
     if ranks.active:
         summary["ranks"] = R
+    if restarts := runfolder.read_restarts(run_dir):
+        summary["restarts"] = restarts  # the starts abandoned for a dormant factor
     write_text_atomic(run_dir / runfolder.SUMMARY, json.dumps(summary, indent=2) + "\n")
     return result
