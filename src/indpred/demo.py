@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from indpred.config import RunConfig
-from indpred.run import METRICS
+from indpred.run import METRICS, read_restarts
 
 IW_SAMPLES = 5  # importance samples of the bound the demo's evaluation reports
 
@@ -58,16 +58,19 @@ def _steps_done(run_dir: Path) -> int:
 
 
 def _wait(futures: list[Future], runs: list[Path], total: int, progress: bool, desc: str) -> None:
-    """Wait for the workers, showing one bar over both runs' logged steps."""
+    """Wait for the workers, showing one bar over both runs' logged steps (a start abandoned
+    for a dormant factor adds its steps to the total)."""
     from tqdm import tqdm
 
     with tqdm(total=total, desc=desc, unit="step", disable=not progress) as bar:
         while not all(f.done() for f in futures):
             time.sleep(1.0)
             if total:
-                bar.update(sum(_steps_done(r) for r in runs) - bar.n)
+                abandoned = sum(r["step"] for run in runs for r in read_restarts(run))
+                bar.total = total + abandoned
+                bar.update(abandoned + sum(_steps_done(r) for r in runs) - bar.n)
         if total:
-            bar.update(total - bar.n)
+            bar.update(bar.total - bar.n)
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
