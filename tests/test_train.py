@@ -154,6 +154,8 @@ def test_a_dormant_factor_starts_the_run_over_as_if_seeded_anew(tmp_path, tiny_c
     result = train(RunConfig.from_dict(cfg.to_dict()), run, steps=5, progress=False)
     restarts = [json.loads(line) for line in (run / "restarts.jsonl").read_text().splitlines()]
     assert [r["attempt"] for r in restarts] == [0, 1] and [r["step"] for r in restarts] == [3, 3]
+    assert all(r["train_seconds"] > 0 for r in restarts) and result.seconds > sum(
+        r["train_seconds"] for r in restarts)  # the result counts every start's time
     # The KL the check saw is the mean of the abandoned start's logged KL over its window.
     logged = [r["kl"] for r in map(json.loads, (run / "metrics-attempt-0.jsonl").read_text().splitlines())
               if r["split"] == "train"]

@@ -512,6 +512,7 @@ def _train_attempts(
     """Build the model of start ``attempt`` (from ``checkpoint`` if given) and train it, starting
     over with new parameters each time the loop finds a dormant factor (``train.dormant_check``)."""
     train_set, test_set = datasets
+    abandoned_seconds = 0.0
     while True:
         model = make_model(cfg, device, attempt)
         if checkpoint is not None:
@@ -524,11 +525,13 @@ def _train_attempts(
         result = _loop(cfg, run_dir, device, trainer, noise, train_set, test_set, start=start,
                        ranks=ranks, progress=progress, resumed=resumed and start > 0, attempt=attempt)
         if result.dormant is None:
+            result.seconds += abandoned_seconds  # every start's training time
             return result
         if ranks.main:
             _abandon_attempt(cfg, run_dir, attempt, result)
+        abandoned_seconds += result.seconds
         if result.stopped_early:  # asked to stop as well: a resume takes the next start
-            result.dormant = None
+            result.dormant, result.seconds = None, abandoned_seconds
             return result
         attempt, checkpoint, resumed = attempt + 1, None, False
 
@@ -538,7 +541,7 @@ def _abandon_attempt(cfg: RunConfig, run_dir: Path, attempt: int, result: TrainR
     assert result.dormant is not None
     record = {"attempt": attempt, "seed": attempt_seed(cfg, attempt), "step": result.step,
               "kl": result.dormant, "dormant_nats": cfg.train.dormant_nats,
-              "next_seed": attempt_seed(cfg, attempt + 1)}
+              "next_seed": attempt_seed(cfg, attempt + 1), "train_seconds": result.seconds}
     with (run_dir / runfolder.RESTARTS).open("a") as f:
         f.write(json.dumps(record) + "\n")
     metrics = run_dir / runfolder.METRICS
