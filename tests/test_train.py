@@ -191,3 +191,30 @@ def test_the_dormant_check_leaves_awake_entangled_or_exhausted_runs_alone(tmp_pa
     assert not (tmp_path / "checked" / "restarts.jsonl").exists()
     a, b = final_weights(tmp_path / "checked"), final_weights(tmp_path / "plain")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("nats, restarts", [(0.0, 2), (1e9, 2), (1e9, 1)])
+def test_demo_starts_side_by_side_train_what_the_rule_trains_one_after_the_other(
+        tmp_path, tiny_config, nats, restarts):
+    from indpred.config import entangled
+    from indpred.demo import train_twins
+
+    # Start 0 kept (awake); starts 0 and 1 abandoned, start 2 trained; start 1 kept as the last.
+    cfg = apply_overrides(RunConfig.from_dict(tiny_config.to_dict()),
+                          ["train.dormant_check=2", f"train.dormant_nats={nats}",
+                           f"train.dormant_restarts={restarts}", "train.checkpoint_every=1"])
+    out = tmp_path / "demo"
+    results, _ = train_twins([(cfg, out / "factored"), (entangled(cfg), out / "entangled")], 4,
+                             side_by_side=True, progress=False)
+    assert results == [(results[0][0], False), (results[1][0], False)]
+    train(RunConfig.from_dict(cfg.to_dict()), tmp_path / "alone", steps=4, progress=False)  # same threads
+
+    a, b = final_weights(out / "factored"), final_weights(tmp_path / "alone")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    expected = [] if nats == 0 else list(range(restarts))
+    side = json.loads((out / "factored" / "summary.json").read_text()).get("restarts", [])
+    alone = json.loads((tmp_path / "alone" / "summary.json").read_text()).get("restarts", [])
+    assert [r["attempt"] for r in side] == [r["attempt"] for r in alone] == expected
+    assert [r["kl"] for r in side] == [r["kl"] for r in alone]
+    assert [r["step"] for r in records(out / "factored")] == [1, 2, 3, 4]
+    assert sorted(p.name for p in out.iterdir()) == ["entangled", "factored"]  # no scratch left

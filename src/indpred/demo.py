@@ -5,7 +5,9 @@ with half the cores: on a 2-core CPU two single-threaded trainings get through a
 a third more frames per second in all than one two-threaded training after the other
 (the small operations of the loop over time do not use a second thread well). Each
 child's run folder is what ``indpred train`` would write; with the same thread count
-its numbers are the same as a run trained alone.
+its numbers are the same as a run trained alone. Under the demo's dormant-factor rule the
+factored model's first two starts train side by side before the twins do (see
+:func:`_train_starts_side_by_side`), so an abandoned start leaves no core idle.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -24,11 +27,13 @@ from indpred.run import METRICS, read_restarts
 IW_SAMPLES = 5  # importance samples of the bound the demo's evaluation reports
 
 
-def _train(config: dict[str, Any], run_dir: str, steps: int | None, progress: bool) -> tuple[float, bool]:
-    """Train one twin (in this process or a worker); returns (seconds, stopped early)."""
+def _train(config: dict[str, Any], run_dir: str, steps: int | None, progress: bool,
+           resume: bool = False) -> tuple[float, bool]:
+    """Train (or resume) one run, in this process or a worker; returns (seconds, stopped early)."""
     from indpred.train import train
 
-    result = train(RunConfig.from_dict(config), Path(run_dir), steps=steps, progress=progress)
+    result = train(RunConfig.from_dict(config), Path(run_dir), steps=steps, progress=progress,
+                   resume=resume)
     return result.seconds, result.stopped_early
 
 
@@ -101,20 +106,85 @@ def train_twins(
         return results, time.perf_counter() - t0
     for cfg, _ in twins:
         cfg.train.threads = _threads_each(len(twins))
+    if len(twins) == 2 and _starts_side_by_side(twins[0][0], steps):
+        return _train_starts_side_by_side(twins, steps, progress), time.perf_counter() - t0
+    jobs = [(cfg.to_dict(), run, steps, False) for cfg, run in twins]
     total = sum(steps or cfg.train.steps for cfg, _ in twins)
-    with _pool(len(twins)) as pool:
-        futures = [pool.submit(_train, cfg.to_dict(), str(run), steps, False) for cfg, run in twins]
+    return _side_by_side(jobs, total, progress, "training both"), time.perf_counter() - t0
+
+
+Job = tuple[dict[str, Any], Path, "int | None", bool]  # config, run folder, steps, resume
+
+
+def _side_by_side(jobs: list[Job], total: int, progress: bool, desc: str) -> list[tuple[float, bool]]:
+    """Run each job in its own worker process; [(seconds, stopped early)] in the jobs' order."""
+    with _pool(len(jobs)) as pool:
+        futures = [pool.submit(_train, cfg, str(run), steps, False, resume)
+                   for cfg, run, steps, resume in jobs]
         try:
-            _wait(futures, [run for _, run in twins], total, progress, "training both")
+            _wait(futures, [run for _, run, _, _ in jobs], total, progress, desc)
         except KeyboardInterrupt:  # the workers got the signal too: let them save and stop
             for f in futures:
                 try:
                     f.result()
                 except BaseException:  # a worker killed by the signal counts as stopped
                     pass
-            return [(0.0, True) for _ in twins], time.perf_counter() - t0
-        results = [f.result() for f in futures]
-    return results, time.perf_counter() - t0
+            return [(0.0, True) for _ in jobs]
+        return [f.result() for f in futures]
+
+
+def _starts_side_by_side(cfg: RunConfig, steps: int | None) -> bool:
+    """Whether the factored model's first two starts can be trained side by side (see below)."""
+    tc = cfg.train
+    return (cfg.model.factors > 1 and tc.dormant_check > 0 and tc.dormant_restarts in (1, 2)
+            and (steps or tc.steps) > tc.dormant_check)
+
+
+def _train_starts_side_by_side(twins: list[tuple[RunConfig, Path]], steps: int | None,
+                               progress: bool) -> list[tuple[float, bool]]:
+    """Train the factored model under its dormant-factor rule without leaving a core idle.
+
+    Trained one after the other (``indpred train``), each abandoned start costs the
+    ``train.dormant_check`` steps on one core while the other, once the twin is done,
+    waits. Here starts 0 and 1 train side by side to the check, each from its own seed
+    (:func:`~indpred.train.attempt_seed`); then the first awake one (or start 2, from
+    scratch, if neither is) trains on beside the twin. Each start is a function of its
+    seed alone and a resumed run repeats an uninterrupted one, so the factored run is
+    bit for bit the one ``indpred train`` would make; its folder records the abandoned
+    starts the same way (``restarts.jsonl``), and its config is the start's own.
+    """
+    from indpred.run import CONFIG, SUMMARY
+    from indpred.train import attempt_seed, record_abandoned_start
+
+    (cfg, run), (twin, twin_run) = twins
+    tc = cfg.train
+
+    def start(k: int) -> RunConfig:
+        c = RunConfig.from_dict(cfg.to_dict())
+        c.train.seed, c.train.dormant_restarts = attempt_seed(cfg, k), 0
+        return c
+
+    probes = [run.parent / f".{run.name}-start-{k}" for k in range(2)]
+    first = _side_by_side([(start(k).to_dict(), probes[k], tc.dormant_check, False) for k in range(2)],
+                          2 * tc.dormant_check, progress, "first starts")
+    if any(stopped for _, stopped in first):
+        return [(0.0, True), (0.0, True)]
+    kl = [json.loads((p / SUMMARY).read_text())["dormant_kl"] for p in probes]
+    chosen = next((k for k in range(2) if k == tc.dormant_restarts or min(kl[k]) >= tc.dormant_nats),
+                  None)
+    run.mkdir(parents=True, exist_ok=True)
+    for k in range(2 if chosen is None else chosen):
+        record_abandoned_start(run, cfg, k, tc.dormant_check, kl[k], first[k][0], probes[k] / METRICS)
+    if chosen is not None:
+        for entry in probes[chosen].iterdir():
+            os.replace(entry, run / entry.name)
+        job: Job = (json.loads((run / CONFIG).read_text()), run, steps or tc.steps, True)
+    else:
+        job = (start(2).to_dict(), run, steps, False)
+    for p in probes:
+        shutil.rmtree(p, ignore_errors=True)
+    total = (steps or tc.steps) + (steps or twin.train.steps)  # _wait adds the abandoned starts
+    return _side_by_side([job, (twin.to_dict(), twin_run, steps, False)], total, progress, "training both")
 
 
 def evaluate_twins(runs: list[Path], sequences: int, *, side_by_side: bool, progress: bool) -> None:

@@ -536,17 +536,23 @@ def _train_attempts(
         attempt, checkpoint, resumed = attempt + 1, None, False
 
 
+def record_abandoned_start(run_dir: Path, cfg: RunConfig, attempt: int, step: int, kl: list[float],
+                           seconds: float, metrics: Path) -> None:
+    """Append start ``attempt``'s line to ``restarts.jsonl`` and keep its log (``metrics``)."""
+    record = {"attempt": attempt, "seed": attempt_seed(cfg, attempt), "step": step, "kl": kl,
+              "dormant_nats": cfg.train.dormant_nats, "next_seed": attempt_seed(cfg, attempt + 1),
+              "train_seconds": seconds}
+    with (run_dir / runfolder.RESTARTS).open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    if metrics.is_file():
+        os.replace(metrics, run_dir / runfolder.attempt_metrics(attempt))
+
+
 def _abandon_attempt(cfg: RunConfig, run_dir: Path, attempt: int, result: TrainResult) -> None:
     """Keep the log of a start abandoned for a dormant factor, drop its checkpoints, say so."""
     assert result.dormant is not None
-    record = {"attempt": attempt, "seed": attempt_seed(cfg, attempt), "step": result.step,
-              "kl": result.dormant, "dormant_nats": cfg.train.dormant_nats,
-              "next_seed": attempt_seed(cfg, attempt + 1), "train_seconds": result.seconds}
-    with (run_dir / runfolder.RESTARTS).open("a") as f:
-        f.write(json.dumps(record) + "\n")
-    metrics = run_dir / runfolder.METRICS
-    if metrics.is_file():
-        os.replace(metrics, run_dir / runfolder.attempt_metrics(attempt))
+    record_abandoned_start(run_dir, cfg, attempt, result.step, result.dormant, result.seconds,
+                           run_dir / runfolder.METRICS)
     shutil.rmtree(run_dir / runfolder.CHECKPOINTS, ignore_errors=True)
     kl = ", ".join(f"{v:.2f}" for v in result.dormant)
     tqdm.write(f"{run_dir.name}: a factor is still dormant at step {result.step} (KL {kl} nats/frame, "
@@ -605,7 +611,8 @@ def _loop(
     batches = step_batches(train_set, B, start, tc.steps, device, ranks=ranks, workers=tc.data_workers)
     sums = {"elbo": 0.0, "log_likelihood": 0.0, "n": 0}
     kl_sum = torch.zeros(K, dtype=torch.float64)
-    check = tc.dormant_check if K > 1 and attempt < tc.dormant_restarts else 0
+    check = tc.dormant_check if K > 1 else 0  # its window's KL is recorded even when it cannot restart
+    may_restart = attempt < tc.dormant_restarts
     wake_sum, wake_n = torch.zeros(K, dtype=torch.float64), 0  # KL over the check's window
     dormant: list[float] | None = None
     t_log, t0 = time.perf_counter(), time.perf_counter()
@@ -694,7 +701,7 @@ def _loop(
                     test = dataset_elbo(model, test_set, seed=cfg.data.seed, device=device)
                     log.write(json.dumps({"step": step, "split": "test", **test}) + "\n")
                     log.flush()
-                if step == check and wake_n and (wake_sum / wake_n).min() < tc.dormant_nats:
+                if step == check and may_restart and wake_n and (wake_sum / wake_n).min() < tc.dormant_nats:
                     dormant = (wake_sum / wake_n).tolist()  # the same on every rank (all-reduced)
                     stopped = stop
                     break
@@ -730,6 +737,8 @@ def _loop(
     }
     if ranks.active:
         summary["ranks"] = R
+    if wake_n:  # the dormant check's figure: each factor's KL over its window (nats per frame)
+        summary["dormant_kl"] = (wake_sum / wake_n).tolist()
     if restarts := runfolder.read_restarts(run_dir):
         summary["restarts"] = restarts  # the starts abandoned for a dormant factor
     write_text_atomic(run_dir / runfolder.SUMMARY, json.dumps(summary, indent=2) + "\n")
