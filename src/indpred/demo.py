@@ -154,7 +154,7 @@ def _train_starts_side_by_side(twins: list[tuple[RunConfig, Path]], steps: int |
     starts the same way (``restarts.jsonl``), and its config is the start's own.
     """
     from indpred.run import CONFIG, SUMMARY
-    from indpred.train import attempt_seed, record_abandoned_start
+    from indpred.train import attempt_seed, is_dormant, record_abandoned_start
 
     (cfg, run), (twin, twin_run) = twins
     tc = cfg.train
@@ -170,8 +170,7 @@ def _train_starts_side_by_side(twins: list[tuple[RunConfig, Path]], steps: int |
     if any(stopped for _, stopped in first):
         return [(0.0, True), (0.0, True)]
     kl = [json.loads((p / SUMMARY).read_text())["dormant_kl"] for p in probes]
-    chosen = next((k for k in range(2) if k == tc.dormant_restarts or min(kl[k]) >= tc.dormant_nats),
-                  None)
+    chosen = next((k for k in range(2) if k == tc.dormant_restarts or not is_dormant(kl[k], cfg)), None)
     run.mkdir(parents=True, exist_ok=True)
     for k in range(2 if chosen is None else chosen):
         record_abandoned_start(run, cfg, k, tc.dormant_check, kl[k], first[k][0], probes[k] / METRICS)

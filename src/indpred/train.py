@@ -154,6 +154,12 @@ def attempt_seed(cfg: RunConfig, attempt: int) -> int:
     return cfg.train.seed + ATTEMPT_SEED_STRIDE * attempt
 
 
+def is_dormant(kl: list[float], cfg: RunConfig) -> bool:
+    """The dormant-factor rule: whether a factor's KL over the check's window (nats per frame)
+    is below ``train.dormant_nats``."""
+    return min(kl) < cfg.train.dormant_nats
+
+
 def make_model(cfg: RunConfig, device: torch.device, attempt: int = 0) -> FactoredVAE:
     """The model, initialised from ``train.seed`` (see :func:`attempt_seed`), on ``device``,
     executing as ``train`` says."""
@@ -701,10 +707,11 @@ def _loop(
                     test = dataset_elbo(model, test_set, seed=cfg.data.seed, device=device)
                     log.write(json.dumps({"step": step, "split": "test", **test}) + "\n")
                     log.flush()
-                if step == check and may_restart and wake_n and (wake_sum / wake_n).min() < tc.dormant_nats:
-                    dormant = (wake_sum / wake_n).tolist()  # the same on every rank (all-reduced)
-                    stopped = stop
-                    break
+                if step == check and may_restart and wake_n:
+                    window_kl = (wake_sum / wake_n).tolist()  # the same on every rank (all-reduced)
+                    if is_dormant(window_kl, cfg):
+                        dormant, stopped = window_kl, stop
+                        break
                 if tc.checkpoint_every and step % tc.checkpoint_every == 0:
                     checkpoint(step)
                 if stop:
