@@ -1,6 +1,7 @@
 """Training: the loss falls, resumption is exact, the run folder holds what it promises."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -218,3 +219,9 @@ def test_demo_starts_side_by_side_train_what_the_rule_trains_one_after_the_other
     assert [r["kl"] for r in side] == [r["kl"] for r in alone]
     assert [r["step"] for r in records(out / "factored")] == [1, 2, 3, 4]
     assert sorted(p.name for p in out.iterdir()) == ["entangled", "factored"]  # no scratch left
+
+    # Killed before its first checkpoint, the kept start resumes from scratch as that start.
+    shutil.rmtree(out / "factored" / "checkpoints")
+    train(RunConfig(), out / "factored", resume=True, steps=4, progress=False)
+    a = final_weights(out / "factored")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -490,7 +490,7 @@ def _train_locked(
     ckpt_dir = run_dir / runfolder.CHECKPOINTS
     clean_stale_temporaries(ckpt_dir)
     checkpoint, source = None, run_dir
-    attempt = len(runfolder.read_restarts(run_dir)) if resume else 0  # the starts abandoned so far
+    attempt = _next_attempt(cfg, run_dir) if resume else 0
     if resume and (found := read_latest_valid(ckpt_dir)) is not None:
         source, state, weights, train_tensors = found
         checkpoint = (state, weights, train_tensors)
@@ -500,6 +500,14 @@ def _train_locked(
         handshake.send({"config": cfg.to_dict(), "checkpoint": checkpoint, "attempt": attempt})
     return _train_attempts(cfg, run_dir, device, datasets, checkpoint, source, attempt=attempt,
                            ranks=ranks, progress=progress, resumed=resume and checkpoint is not None)
+
+
+def _next_attempt(cfg: RunConfig, run_dir: Path) -> int:
+    """The start a run resumed without a checkpoint begins: the one its last abandoned start
+    named, counted from the config's own seed (``indpred demo`` keeps a start's folder with
+    that start's seed in its config, and the restarts before it)."""
+    restarts = runfolder.read_restarts(run_dir)
+    return (restarts[-1]["next_seed"] - cfg.train.seed) // ATTEMPT_SEED_STRIDE if restarts else 0
 
 
 def _train_attempts(
