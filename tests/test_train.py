@@ -182,6 +182,21 @@ def test_a_dormant_factor_starts_the_run_over_as_if_seeded_anew(tmp_path, tiny_c
     assert len((run / "restarts.jsonl").read_text().splitlines()) == 2
 
 
+def test_a_resume_inside_the_dormant_window_sees_the_whole_window(tmp_path, tiny_config):
+    # Stopped at step 2 of a window of steps 1-4, the resumed run must still average all four
+    # steps' KL, exactly as the uninterrupted run does, or its decision could differ.
+    cfg = apply_overrides(RunConfig.from_dict(tiny_config.to_dict()),
+                          ["train.dormant_check=4", "train.dormant_nats=0", "train.checkpoint_every=0"])
+    train(RunConfig.from_dict(cfg.to_dict()), tmp_path / "whole", steps=6, progress=False)
+    train(RunConfig.from_dict(cfg.to_dict()), tmp_path / "resumed", steps=2, progress=False)
+    train(RunConfig(), tmp_path / "resumed", resume=True, steps=6, progress=False)
+    whole, resumed = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("whole", "resumed"))
+    logged = [r["kl"] for r in records(tmp_path / "whole")][:4]
+    assert torch.allclose(torch.tensor(whole["dormant_kl"], dtype=torch.float64),
+                          torch.tensor(logged, dtype=torch.float64).mean(0))
+    assert resumed["dormant_kl"] == whole["dormant_kl"]
+
+
 @pytest.mark.parametrize("change", ["train.dormant_nats=0", "model.factors=1", "train.dormant_restarts=0"])
 def test_the_dormant_check_leaves_awake_entangled_or_exhausted_runs_alone(tmp_path, tiny_config, change):
     base = apply_overrides(RunConfig.from_dict(tiny_config.to_dict()), [change])

@@ -537,7 +537,8 @@ def _train_attempts(
         noise = torch.Generator(device=device).manual_seed(attempt_seed(cfg, attempt) + 1)
         start = _restore(trainer, noise, checkpoint)
         result = _loop(cfg, run_dir, device, trainer, noise, train_set, test_set, start=start,
-                       ranks=ranks, progress=progress, resumed=resumed and start > 0, attempt=attempt)
+                       ranks=ranks, progress=progress, resumed=resumed and start > 0, attempt=attempt,
+                       carried=checkpoint[0].get("extra", {}) if checkpoint is not None else {})
         if result.dormant is None:
             result.seconds += abandoned_seconds  # every start's training time
             return result
@@ -594,12 +595,16 @@ def _loop(
     progress: bool,
     resumed: bool = False,
     attempt: int = 0,
+    carried: dict[str, Any] | None = None,
 ) -> TrainResult:
     """The optimisation loop, on every rank; rank 0 alone logs, evaluates and checkpoints.
 
     It returns early, with ``dormant`` set and nothing saved, when a factor is still
     dormant at ``train.dormant_check`` and this start (``attempt``) may be abandoned.
+    ``carried``: the resumed checkpoint's extras, the running counts a resume continues
+    (skipped steps, the KL summed so far over the dormant check's window).
     """
+    carried = carried or {}
     tc = cfg.train
     model, optimizer = trainer.model, trainer.optimizer
     main = ranks.main
@@ -611,7 +616,8 @@ def _loop(
         if saved_at == step or not main:
             return
         save_checkpoint(ckpt_dir, step, model, optimizer, rng={"noise": noise.get_state()},
-                        extra={"preset": cfg.preset, "skipped_steps": skipped, "attempt": attempt},
+                        extra={"preset": cfg.preset, "skipped_steps": skipped, "attempt": attempt,
+                               "dormant_window": {"kl_sum": wake_sum.tolist(), "steps": wake_n}},
                         keep=tc.keep_checkpoints)
         saved_at = step
 
@@ -627,11 +633,13 @@ def _loop(
     kl_sum = torch.zeros(K, dtype=torch.float64)
     check = tc.dormant_check if K > 1 else 0  # its window's KL is recorded even when it cannot restart
     may_restart = attempt < tc.dormant_restarts
-    wake_sum, wake_n = torch.zeros(K, dtype=torch.float64), 0  # KL over the check's window
+    # KL summed over the check's window, carried over a resume inside it (float64, exact in JSON).
+    window = carried.get("dormant_window") or {"kl_sum": [0.0] * K, "steps": 0}
+    wake_sum, wake_n = torch.tensor(window["kl_sum"], dtype=torch.float64), int(window["steps"])
     dormant: list[float] | None = None
     t_log, t0 = time.perf_counter(), time.perf_counter()
     step = start
-    skipped, bad_in_a_row = 0, 0
+    skipped, bad_in_a_row = int(carried.get("skipped_steps", 0)), 0
     stopped = False
     model.train()
     try:
