@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from indpred.checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint
-from indpred.config import apply_overrides
+from indpred.config import RunConfig, apply_overrides
 from indpred.data import MovingMNIST
+from indpred.demo import load_settings
 from indpred.errors import UserError
 from indpred.lock import run_lock
 from indpred.run import load_model
@@ -253,20 +254,64 @@ def test_saving_is_atomic_even_if_the_rename_fails(tmp_path, tiny_config, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001"]
 
 
-def test_ctrl_c_during_the_demo_saves_both_twins(tmp_path):
-    """Ctrl-C reaches the whole process group: both side-by-side trainings save and stop."""
-    out = tmp_path / "demo"
-    sets = [a for kv in [*TINY, "train.checkpoint_every=0"] for a in ("--set", kv)]
-    proc = subprocess.Popen([sys.executable, "-m", "indpred", "demo", "--steps", "100000", "--out",
-                             str(out), "--no-progress", *sets], stdout=subprocess.PIPE,
+def interrupted_demo(out: Path, sets: list[str], ready) -> str:
+    """Start ``indpred demo`` of the tiny model, Ctrl-C it once ``ready()``; its stdout."""
+    args = [a for kv in [*TINY, *sets] for a in ("--set", kv)]
+    proc = subprocess.Popen([*CLI, "demo", "--steps", "100000", "--out", str(out), "--no-progress",
+                             "--eval-sequences", "8", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    logs = [out / name / "metrics.jsonl" for name in ("factored", "entangled")]
-    assert wait_for(lambda: all(p.is_file() and len(p.read_text().splitlines()) >= 3 for p in logs),
-                    proc)
+    assert wait_for(ready, proc)
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
+    assert f"stopped; continue with: indpred demo --resume --out {out}" in stdout
+    return stdout
+
+
+def resume_demo(out: Path, steps: int) -> str:
+    done = subprocess.run([*CLI, "demo", "--resume", "--out", str(out), "--steps", str(steps),
+                           "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def logged_lines(path: Path, n: int):
+    return lambda: path.is_file() and len(path.read_text().splitlines()) >= n
+
+
+def test_ctrl_c_during_the_demo_saves_both_twins_and_resume_finishes_it(tmp_path):
+    """Ctrl-C reaches the whole process group: both side-by-side trainings save and stop;
+    ``indpred demo --resume`` then finishes both with the demo's own settings."""
+    out = tmp_path / "demo"
+    logs = [logged_lines(out / name / "metrics.jsonl", 3) for name in ("factored", "entangled")]
+    interrupted_demo(out, ["train.dormant_check=20"], lambda: all(f() for f in logs))
+    steps = []
     for name in ("factored", "entangled"):
-        assert f"continue with: indpred train --resume --out {out / name}" in stdout
-        step = read_checkpoint(latest_checkpoint(out / name / "checkpoints"))[0]["step"]
-        assert 3 <= step < 100000
+        steps.append(read_checkpoint(latest_checkpoint(out / name / "checkpoints"))[0]["step"])
+        assert 3 <= steps[-1] < 100000
+    stdout = resume_demo(out, max(steps) + 2)
+    assert "resuming the factored model" in stdout and "alignment" in stdout
+    for name in ("factored", "entangled"):
+        assert json.loads((out / name / "summary.json").read_text())["step"] == max(steps) + 2
+        assert (out / name / "eval" / "report.html").is_file()
+    assert (out / "comparison.md").is_file()
+
+
+def test_a_demo_stopped_in_its_first_starts_resumes_to_the_rules_run(tmp_path):
+    """Stopped while starts 0 and 1 train side by side (the run's folder not made yet), the
+    demo resumes them and ends with the run ``indpred train`` makes under the same rule."""
+    out = tmp_path / "demo"
+    never_awake = ["train.dormant_check=40", "train.dormant_nats=1e9", "train.checkpoint_every=5"]
+    interrupted_demo(out, never_awake, logged_lines(out / ".factored-start-0" / "metrics.jsonl", 10))
+    assert not (out / "factored").exists() and (out / ".factored-start-1" / "config.json").is_file()
+    assert "factored: started over 2 time(s)" in resume_demo(out, 45)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no start left behind
+    cfg = load_settings(out)[0]
+    cfg.train.threads = RunConfig.load(out / "factored" / "config.json").train.threads
+    train(cfg, tmp_path / "alone", steps=45, progress=False)
+    a, b = final_tensors(out / "factored")[0], final_tensors(tmp_path / "alone")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    restarts = [json.loads((r / "summary.json").read_text())["restarts"] for r in (out / "factored",
+                                                                                   tmp_path / "alone")]
+    assert [[(r["attempt"], r["kl"]) for r in rs] for rs in restarts] == [[(0, restarts[1][0]["kl"]),
+                                                                          (1, restarts[1][1]["kl"])]] * 2

@@ -72,28 +72,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from indpred.compare import load_metrics, separated, separation_lines, write_comparison
-    from indpred.demo import evaluate_twins, train_twins
+    from indpred.demo import evaluate_twins, load_settings, save_settings, train_twins
     from indpred.run import RESTARTS, read_restarts
 
-    base = apply_overrides(get_preset("demo"), _mnist_override(args) + list(args.set))
-    if args.seed is not None:
-        base.train.seed = base.data.seed = args.seed
+    if args.resume:
+        if args.seed is not None or args.set or args.mnist:
+            raise UserError("indpred demo --resume goes on with the settings the demo started with; "
+                            "drop --seed, --set and --mnist")
+        out = Path(args.out)
+        base, steps, eval_sequences = load_settings(out)
+        steps = args.steps or steps
+    else:
+        base = apply_overrides(get_preset("demo"), _mnist_override(args) + list(args.set))
+        if args.seed is not None:
+            base.train.seed = base.data.seed = args.seed
+        out, steps, eval_sequences = _next_free(Path(args.out)), args.steps, args.eval_sequences
+        save_settings(out, base, steps, eval_sequences)
     twin = entangled(base)
     twin.preset = "demo-entangled"
-    out = _next_free(Path(args.out))
     runs = [out / "factored", out / "entangled"]
     side_by_side = not args.sequential and (os.cpu_count() or 1) >= 2
-    print(f"indpred demo: training the factored model (K={base.model.factors}, "
-          f"d={base.model.factor_dim}) and its entangled twin (K=1, d={twin.model.factor_dim}) "
-          f"{'side by side ' if side_by_side else ''}into {out}/")
-    results, wall = train_twins([(base, runs[0]), (twin, runs[1])], args.steps,
+    print(f"indpred demo: {'resuming' if args.resume else 'training'} the factored model "
+          f"(K={base.model.factors}, d={base.model.factor_dim}) and its entangled twin "
+          f"(K=1, d={twin.model.factor_dim}) {'side by side ' if side_by_side else ''}"
+          f"{'in' if args.resume else 'into'} {out}/")
+    results, wall = train_twins([(base, runs[0]), (twin, runs[1])], steps,
                                 side_by_side=side_by_side, progress=not args.no_progress)
     if len(results) < len(runs) or any(stopped for _, stopped in results):
-        for run in runs:
-            if (run / "config.json").is_file():
-                print(f"stopped; continue with: indpred train --resume --out {run}")
+        print(f"stopped; continue with: indpred demo --resume --out {out}")
         return 130
-    evaluate_twins(runs, args.eval_sequences, side_by_side=side_by_side, progress=not args.no_progress)
+    evaluate_twins(runs, eval_sequences, side_by_side=side_by_side, progress=not args.no_progress)
     md, md_path, _ = write_comparison(runs, out / "comparison")
     print()
     print(md, end="")
@@ -219,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train the demo model and its entangled twin, then compare")
     p.add_argument("--out", default="runs/demo", help="parent folder of both runs "
                    "(default: runs/demo, numbered if taken)")
+    p.add_argument("--resume", action="store_true",
+                   help="finish the stopped demo in --out, with the settings it started with")
     p.add_argument("--steps", type=int, help="optimiser steps per model (default: the preset's)")
     p.add_argument("--seed", type=int, help="seed of parameters, noise and data")
     p.add_argument("--eval-sequences", type=int, default=128,

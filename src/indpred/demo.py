@@ -22,9 +22,29 @@ from pathlib import Path
 from typing import Any
 
 from indpred.config import RunConfig
-from indpred.run import METRICS, read_restarts
+from indpred.run import CONFIG, METRICS, SUMMARY, read_restarts
 
 IW_SAMPLES = 5  # importance samples of the bound the demo's evaluation reports
+SETTINGS = "demo.json"  # the demo's own settings, beside its two runs, for ``indpred demo --resume``
+
+
+def save_settings(out: Path, config: RunConfig, steps: int | None, eval_sequences: int) -> None:
+    """Record what a demo was started with (the factored config; the twin derives from it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"config": config.to_dict(), "steps": steps, "eval_sequences": eval_sequences}
+    (out / SETTINGS).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def load_settings(out: Path) -> tuple[RunConfig, int | None, int]:
+    """The factored config, steps and evaluation size a demo in ``out`` was started with."""
+    from indpred.errors import UserError
+
+    path = out / SETTINGS
+    if not path.is_file():
+        raise UserError(f"cannot resume: {out} is not a folder made by indpred demo (no {SETTINGS}); "
+                        "start a demo with: indpred demo --out DIR")
+    record = json.loads(path.read_text())
+    return RunConfig.from_dict(record["config"]), record["steps"], int(record["eval_sequences"])
 
 
 def _train(config: dict[str, Any], run_dir: str, steps: int | None, progress: bool,
@@ -86,21 +106,27 @@ def _threads_each(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+def _begun(run: Path) -> bool:
+    """Whether ``run`` holds a run to resume (a stopped demo's)."""
+    return (run / CONFIG).is_file()
+
+
 def train_twins(
     twins: list[tuple[RunConfig, Path]], steps: int | None, *, side_by_side: bool, progress: bool
 ) -> tuple[list[tuple[float, bool]], float]:
     """Train each (config, run folder); returns [(seconds, stopped early)] and the wall time.
 
-    ``side_by_side``: one worker process each, ``cpu_count // len(twins)`` torch threads
-    (at least one, recorded in its config); Ctrl-C reaches the workers too, and each saves
-    a checkpoint and stops. Otherwise one after the other here, stopping at the first
-    that stops early (the list is then shorter).
+    A run folder that already holds a run (a stopped demo's) is resumed, so calling this
+    again after a stop finishes the same runs. ``side_by_side``: one worker process each,
+    ``cpu_count // len(twins)`` torch threads (at least one, recorded in its config);
+    Ctrl-C reaches the workers too, and each saves a checkpoint and stops. Otherwise one
+    after the other here, stopping at the first that stops early (the list is then shorter).
     """
     t0 = time.perf_counter()
     if not side_by_side:
         results = []
         for cfg, run in twins:
-            results.append(_train(cfg.to_dict(), str(run), steps, progress))
+            results.append(_train(cfg.to_dict(), str(run), steps, progress, resume=_begun(run)))
             if results[-1][1]:
                 break
         return results, time.perf_counter() - t0
@@ -108,7 +134,7 @@ def train_twins(
         cfg.train.threads = _threads_each(len(twins))
     if len(twins) == 2 and _starts_side_by_side(twins[0][0], steps):
         return _train_starts_side_by_side(twins, steps, progress), time.perf_counter() - t0
-    jobs = [(cfg.to_dict(), run, steps, False) for cfg, run in twins]
+    jobs = [(cfg.to_dict(), run, steps, _begun(run)) for cfg, run in twins]
     total = sum(steps or cfg.train.steps for cfg, _ in twins)
     return _side_by_side(jobs, total, progress, "training both"), time.perf_counter() - t0
 
@@ -152,8 +178,11 @@ def _train_starts_side_by_side(twins: list[tuple[RunConfig, Path]], steps: int |
     seed alone and a resumed run repeats an uninterrupted one, so the factored run is
     bit for bit the one ``indpred train`` would make; its folder records the abandoned
     starts the same way (``restarts.jsonl``), and its config is the start's own.
+
+    The starts train in hidden folders beside the run; the run's folder appears, in one
+    rename, only once the choice is made. A stopped demo therefore resumes the starts while
+    the run's folder is missing, and the run (and the twin) once it is there.
     """
-    from indpred.run import CONFIG, SUMMARY
     from indpred.train import attempt_seed, is_dormant, record_abandoned_start
 
     (cfg, run), (twin, twin_run) = twins
@@ -164,26 +193,29 @@ def _train_starts_side_by_side(twins: list[tuple[RunConfig, Path]], steps: int |
         c.train.seed, c.train.dormant_restarts = attempt_seed(cfg, k), 0
         return c
 
-    probes = [run.parent / f".{run.name}-start-{k}" for k in range(2)]
-    first = _side_by_side([(start(k).to_dict(), probes[k], tc.dormant_check, False) for k in range(2)],
-                          2 * tc.dormant_check, progress, "first starts")
-    if any(stopped for _, stopped in first):
-        return [(0.0, True), (0.0, True)]
-    kl = [json.loads((p / SUMMARY).read_text())["dormant_kl"] for p in probes]
-    chosen = next((k for k in range(2) if k == tc.dormant_restarts or not is_dormant(kl[k], cfg)), None)
-    run.mkdir(parents=True, exist_ok=True)
-    for k in range(2 if chosen is None else chosen):
-        record_abandoned_start(run, cfg, k, tc.dormant_check, kl[k], first[k][0], probes[k] / METRICS)
-    if chosen is not None:
-        for entry in probes[chosen].iterdir():
-            os.replace(entry, run / entry.name)
-        job: Job = (json.loads((run / CONFIG).read_text()), run, steps or tc.steps, True)
-    else:
-        job = (start(2).to_dict(), run, steps, False)
-    for p in probes:
-        shutil.rmtree(p, ignore_errors=True)
+    if not run.is_dir():
+        probes = [run.parent / f".{run.name}-start-{k}" for k in range(3)]
+        first = _side_by_side([(start(k).to_dict(), probes[k], tc.dormant_check, _begun(probes[k]))
+                               for k in range(2)], 2 * tc.dormant_check, progress, "first starts")
+        if any(stopped for _, stopped in first):
+            return [(0.0, True), (0.0, True)]
+        kl = [json.loads((p / SUMMARY).read_text())["dormant_kl"] for p in probes[:2]]
+        chosen = next((k for k in range(2) if k == tc.dormant_restarts or not is_dormant(kl[k], cfg)), 2)
+        shutil.rmtree(probes[2], ignore_errors=True)  # a half-made folder of an earlier try
+        if chosen == 2:
+            probes[2].mkdir()
+        for k in range(chosen):
+            record_abandoned_start(probes[chosen], cfg, k, tc.dormant_check, kl[k], first[k][0],
+                                   probes[k] / METRICS)
+        os.replace(probes[chosen], run)
+        for p in probes:
+            shutil.rmtree(p, ignore_errors=True)
+    # The kept start resumes with its own config; start 2 begins from scratch in the folder
+    # that already records the two abandoned starts.
+    job: Job = (start(2).to_dict(), run, steps or tc.steps, _begun(run))
     total = (steps or tc.steps) + (steps or twin.train.steps)  # _wait adds the abandoned starts
-    return _side_by_side([job, (twin.to_dict(), twin_run, steps, False)], total, progress, "training both")
+    return _side_by_side([job, (twin.to_dict(), twin_run, steps, _begun(twin_run))], total, progress,
+                         "training both")
 
 
 def evaluate_twins(runs: list[Path], sequences: int, *, side_by_side: bool, progress: bool) -> None:
