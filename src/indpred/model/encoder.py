@@ -21,6 +21,7 @@ class Encoder(nn.Module):
         c1, c2, c3, c4 = (channels(b, width) for b in (64, 128, 256, 512))
         self.spatial = spatial
         self.out_dim = c3 if spatial else out_dim
+        self.locations = 8 * 8  # feature vectors per frame when spatial: the third conv's map
         layers = [
             nn.Conv2d(in_channels, c1, 4, 2, 1, bias=False),  # c1 x 32 x 32
             nn.BatchNorm2d(c1),
@@ -44,5 +45,5 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.spatial:
-            return self.net(x).flatten(2).transpose(1, 2)  # (N, 64, c3)
+            return self.net(x).flatten(2).transpose(1, 2)  # (N, locations, c3)
         return self.net(x).flatten(1)  # (N, out_dim)

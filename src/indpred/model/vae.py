@@ -85,7 +85,7 @@ class FactoredVAE(nn.Module):
         self.posterior: Posterior | AttentionPosterior
         if attention:
             self.posterior = AttentionPosterior(
-                feature_dim=self.encoder.out_dim, locations=(c.image_size // 8) ** 2,
+                feature_dim=self.encoder.out_dim, locations=self.encoder.locations,
                 factors=c.factors, factor_dim=c.factor_dim, slots=c.slot_count,
                 dim=c.attention_dim, iters=c.attention_iters, logvar_bounds=bounds,
             )
