@@ -82,6 +82,25 @@ def test_demo_trains_both_twins_and_never_overwrites(tmp_path, capsys):
     assert (out / "factored" / "checkpoints" / "step-00000002").is_dir()
 
 
+def test_a_demo_stopped_while_evaluating_resumes_to_its_report(tmp_path, capsys, monkeypatch):
+    import indpred.demo
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "demo"
+    args = ["--out", out, "--no-progress", "--sequential"]
+    with monkeypatch.context() as m:
+        m.setattr(indpred.demo, "evaluate_twins", interrupted)
+        assert run_cli("demo", "--steps", 1, "--eval-sequences", 8, *args, *SETS) == 130
+    assert f"continue with: indpred demo --resume --out {out}" in capsys.readouterr().out
+    assert not (out / "comparison.md").exists()
+    assert run_cli("demo", "--resume", *args) == 0  # 1 step and 8 sequences, as it started
+    assert "resuming the factored model" in capsys.readouterr().out
+    assert json.loads((out / "factored" / "eval" / "metrics.json").read_text())["sequences"] == 8
+    assert (out / "comparison.md").is_file() and not (tmp_path / "demo-1").exists()
+
+
 def corrupt_mnist(tmp_path, mnist_dir):
     folder = tmp_path / "bad-mnist"
     shutil.copytree(mnist_dir, folder)

@@ -101,7 +101,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if len(results) < len(runs) or any(stopped for _, stopped in results):
         print(f"stopped; continue with: indpred demo --resume --out {out}")
         return 130
-    evaluate_twins(runs, eval_sequences, side_by_side=side_by_side, progress=not args.no_progress)
+    try:
+        evaluate_twins(runs, eval_sequences, side_by_side=side_by_side, progress=not args.no_progress)
+    except KeyboardInterrupt:  # both runs are trained and saved; a resume evaluates them again
+        print(f"\nstopped while evaluating; continue with: indpred demo --resume --out {out}")
+        return 130
     md, md_path, _ = write_comparison(runs, out / "comparison")
     print()
     print(md, end="")
@@ -304,6 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"indpred: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # trainings save and report their own stop; this is anything else
+        if args.debug:
+            raise
+        print("\nindpred: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
