@@ -183,8 +183,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
     if args.show:
         print(json.dumps(get_preset(args.show).to_dict(), indent=2))
         return 0
-    for name, make in PRESETS.items():
-        print(f"{name:<18} {(make.__doc__ or '').strip()}")
+    width = max(map(len, PRESETS))
+    for name, make in PRESETS.items():  # each preset's one-line summary; --show has the rest
+        print(f"{name:<{width}}  {(make.__doc__ or '').strip().splitlines()[0]}")
+    print("\nindpred presets --show NAME prints a preset's full config")
     return 0
 
 
