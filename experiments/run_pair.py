@@ -89,6 +89,8 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--eval-sequences", type=int, default=256)
     p.add_argument("--no-entangled", action="store_true", help="train the factored model only")
+    p.add_argument("--entangled-seeds", type=int, nargs="+", metavar="SEED",
+                   help="train the entangled twin for these of --seeds only (default: all)")
     p.add_argument("--alignment-target", type=float, default=0.95,
                    help="alignment the factored model should reach (the issue: 0.95; 0.9 for the demo)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests)")
@@ -103,7 +105,8 @@ def main() -> None:
     for seed in args.seeds:
         base = apply_overrides(get_preset(args.preset), [*sets, f"train.seed={seed}", f"data.seed={seed}"])
         steps = args.steps or base.train.steps
-        twins = [("factored", base)] + ([] if args.no_entangled else [("entangled", entangled(base))])
+        with_twin = not args.no_entangled and (args.entangled_seeds is None or seed in args.entangled_seeds)
+        twins = [("factored", base)] + ([("entangled", entangled(base))] if with_twin else [])
         for name, cfg in twins:
             run = out / f"{name}-seed{seed}"
             train_or_resume(cfg, run, steps, not args.no_progress)

@@ -27,7 +27,12 @@ def test_run_pair_tiny_then_rerun_skips_finished_runs(tmp_path):
     assert targets[0]["met"] == (gap >= -0.01)
     assert "| met |" in (out / "targets.md").read_text()
     mtime = (out / "factored-seed0" / "summary.json").stat().st_mtime
-    again = run("--tiny", "--seeds", "0", "--steps", "3", "--out", str(out), "--no-progress")
+    again = run("--tiny", "--seeds", "0", "1", "--entangled-seeds", "1", "--steps", "3", "--out", str(out),
+                "--no-progress")
     assert again.returncode == 0, again.stderr
     assert json.loads((out / "factored-seed0" / "summary.json").read_text())["step"] == 3
+    assert json.loads((out / "entangled-seed0" / "summary.json").read_text())["step"] == 2  # left alone
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["factored"]["elbo"]["n"] == 2 and summary["entangled"]["runs"] == [
+        str(out / "entangled-seed1")]
     assert (out / "factored-seed0" / "summary.json").stat().st_mtime > mtime
