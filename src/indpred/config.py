@@ -323,8 +323,9 @@ def _demo() -> RunConfig:
 def _mmnist_cpu() -> RunConfig:
     """The demo's model at the paper's T = 10, trained for about an hour on one CPU core.
 
-    8,000 steps, the learning rate decayed by 0.9 every 1,000. The reduced Moving MNIST pair of docs/RESULTS.md: a quarter of the paper's widths keeps
-    a step of 320 frames near 0.4 s on one core, where half the widths took 2.5 times as long.
+    8,000 steps, the learning rate decayed by 0.9 every 1,000: the reduced Moving MNIST pair
+    of docs/RESULTS.md. A quarter of the paper's widths keeps a step of 320 frames near 0.4 s
+    on one core, where half the widths took 2.5 times as long.
     """
     cfg = _demo()
     cfg.data.seq_len = 10
