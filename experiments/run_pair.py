@@ -15,6 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
+from indpred.checkpoint import latest_checkpoint
 from indpred.compare import write_comparison
 from indpred.config import apply_overrides, entangled, get_preset
 from indpred.eval.evaluate import evaluate_run, load_metrics
@@ -27,6 +28,12 @@ TINY = ["model.width=0.125", "model.factor_dim=4", "model.transition_hidden=32",
 def recorded_step(path: Path) -> int | None:
     """The step a run's summary.json (trained) or eval/metrics.json (evaluated) records."""
     return json.loads(path.read_text())["step"] if path.is_file() else None
+
+
+def checkpoint_step(run: Path) -> int | None:
+    """The step of the run's latest checkpoint, if it has one."""
+    last = latest_checkpoint(run / "checkpoints")
+    return int(last.name.split("-")[1]) if last else None
 
 
 def train_or_resume(cfg, run: Path, steps: int, progress: bool) -> None:
@@ -93,6 +100,9 @@ def main() -> None:
                    help="train the entangled twin for these of --seeds only (default: all)")
     p.add_argument("--alignment-target", type=float, default=0.95,
                    help="alignment the factored model should reach (the issue: 0.95; 0.9 for the demo)")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: evaluate the runs in --out at the step each reached (runs "
+                        "trained elsewhere, e.g. by experiments/gpu_pair.sh) and assemble the tables")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
@@ -109,7 +119,13 @@ def main() -> None:
         twins = [("factored", base)] + ([("entangled", entangled(base))] if with_twin else [])
         for name, cfg in twins:
             run = out / f"{name}-seed{seed}"
-            train_or_resume(cfg, run, steps, not args.no_progress)
+            if args.no_train:  # the step it was evaluated at, else the step of its last checkpoint
+                steps = recorded_step(run / "eval" / "metrics.json") or checkpoint_step(run)
+                if steps is None:
+                    raise SystemExit(f"run_pair: {run} has neither an evaluation nor a checkpoint; "
+                                     "train it first (or drop --no-train)")
+            else:
+                train_or_resume(cfg, run, steps, not args.no_progress)
             if recorded_step(run / "eval" / "metrics.json") == steps:  # evaluated after its last step already
                 runs[name].append(run)
                 continue
