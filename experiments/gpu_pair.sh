@@ -4,7 +4,7 @@
 # Trains side by side, each for TRAIN_S seconds of wall clock (then SIGTERM: the run finishes its
 # step, checkpoints and stops, as after Ctrl-C):
 #   pair/factored-seed{0,1,2}   mmnist-2f, the paper's configuration (shared generator)
-#   pair/entangled-seed{0,1,2}  its entangled twin (K = 1, d = 32)
+#   pair/entangled-seed{0,1,2}  its entangled twin (K = 1, d = 32)     (SEEDS="0 1 2" by default)
 #   perfactor/factored-seed0    mmnist-2f with the demo's per-factor generator and 3 free nats
 # all in bf16 with channels-last (the paper's own precision is float32), on the full MNIST IDX
 # files in $MNIST. Then it evaluates every run on the device (`indpred eval --sequences 128`) and
@@ -14,7 +14,7 @@
 #   python experiments/run_pair.py --preset mmnist-2f --seeds 0 1 2 --no-train --out DIR/pair
 #
 #   bash experiments/gpu_pair.sh                                  # on a CUDA machine
-#   DEVICE=cpu SMOKE=1 TRAIN_S=25 bash experiments/gpu_pair.sh    # tiny sizes on the CPU (a check)
+#   DEVICE=cpu SMOKE=1 bash experiments/gpu_pair.sh    # 2 steps each at tiny sizes on the CPU (a check)
 #
 # Python packages that torch's GPU image may lack (PyAV, mlxtend) are installed from wheels in
 # .whl/ when present. Nothing is downloaded.
@@ -38,10 +38,11 @@ if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import av, mlxtend" 2>/dev/null;
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 
-COMMON=(--device "$DEVICE" --no-progress --steps 50000 --set train.threads=2 --set train.log_every=50)
+STEPS=${STEPS:-$([ -n "${SMOKE:-}" ] && echo 2 || echo 50000)}  # the wall clock stops them first
+COMMON=(--device "$DEVICE" --no-progress --steps "$STEPS" --set train.threads=2 --set train.log_every=50)
 EVAL=(--sequences 128)
 if [ -n "${SMOKE:-}" ]; then  # every step runs at tiny sizes; nothing is measured
-    COMMON+=(--set model.width=0.125 --set model.factor_dim=4 --set model.transition_hidden=32
+    COMMON+=(--set train.threads=1 --set model.width=0.125 --set model.factor_dim=4 --set model.transition_hidden=32
              --set data.seq_len=3 --set data.test_sequences=8 --set train.batch_size=4
              --set train.log_every=1 --set train.eval_every=0 --set train.checkpoint_every=0)
     EVAL=(--sequences 8 --iw-samples 2 --partitions 2)
@@ -68,7 +69,7 @@ launch() {
 }
 PIDS=()
 NAMES=()
-for s in 0 1 2; do
+for s in ${SEEDS:-0 1 2}; do
     launch "pair/factored-seed$s" mmnist-2f "$s"
     launch "pair/entangled-seed$s" mmnist-entangled "$s"
 done

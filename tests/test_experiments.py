@@ -1,8 +1,11 @@
 """The experiment scripts run end to end on a tiny setting (and resume when rerun)."""
 
+import io
 import json
+import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,3 +39,43 @@ def test_run_pair_tiny_then_rerun_skips_finished_runs(tmp_path):
     assert summary["factored"]["elbo"]["n"] == 2 and summary["entangled"]["runs"] == [
         str(out / "entangled-seed1")]
     assert (out / "factored-seed0" / "summary.json").stat().st_mtime > mtime
+
+
+def test_gpu_pair_trains_evaluates_and_packs_then_run_pair_assembles_without_training(tmp_path):
+    out, runs, unpacked = tmp_path / "out", tmp_path / "runs", tmp_path / "unpacked"
+    env = {**os.environ, "DEVICE": "cpu", "SMOKE": "1", "OUT": str(out), "RUNS": str(runs),
+           "PYTHON": sys.executable, "MNIST": str(tmp_path / "none"), "SEEDS": "0 1"}
+    done = subprocess.run(["bash", str(ROOT / "experiments" / "gpu_pair.sh")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    names = [f"pair/{kind}-seed{s}" for s in range(2) for kind in ("factored", "entangled")]
+    names.append("perfactor/factored-seed0")
+    # the packed run folders: every run evaluated at its last step, no weights inside
+    unpacked.mkdir()
+    packed = b"".join(p.read_bytes() for p in sorted(out.glob("runs.tar.gz.part*")))
+    with tarfile.open(fileobj=io.BytesIO(packed), mode="r:gz") as tar:
+        assert not [m.name for m in tar.getmembers() if m.name.endswith(".safetensors")]
+        tar.extractall(unpacked, filter="data")
+    for name in names:
+        assert json.loads((unpacked / name / "eval" / "metrics.json").read_text())["step"] == 2, name
+    assert json.loads((unpacked / "perfactor/factored-seed0/config.json").read_text())["model"]["decoder"] \
+        == "per-factor"
+    # the weights of the paper configuration's seed 0, in parts that join to the checkpoint's file
+    parts = sorted(out.glob("weights-pair-factored-seed0-step-00000002.part*"))
+    weights = runs / "pair/factored-seed0/checkpoints/step-00000002/model.safetensors"
+    assert parts and b"".join(p.read_bytes() for p in parts) == weights.read_bytes()
+    assert "gpu-pair.log" in {p.name for p in out.iterdir()}
+    # the tables, from the evaluations alone: nothing is trained or evaluated again
+    pair = unpacked / "pair"
+    before = (pair / "factored-seed1" / "eval" / "metrics.json").stat().st_mtime_ns
+    table = run("--preset", "mmnist-2f", "--seeds", "0", "1", "--no-train", "--out", str(pair),
+                "--no-progress")
+    assert table.returncode == 0, table.stderr
+    summary = json.loads((pair / "summary.json").read_text())
+    assert summary["factored"]["elbo"]["n"] == 2 and summary["entangled"]["elbo"]["n"] == 2
+    elbos = [json.loads((pair / f"factored-seed{s}/eval/metrics.json").read_text())["elbo"]["elbo"]
+             for s in range(2)]
+    assert abs(summary["factored"]["elbo"]["mean"] - sum(elbos) / 2) < 1e-9
+    assert (pair / "factored-seed1" / "eval" / "metrics.json").stat().st_mtime_ns == before
+    missing = run("--preset", "mmnist-2f", "--seeds", "3", "--no-train", "--out", str(pair), "--no-progress")
+    assert missing.returncode != 0 and "factored-seed3 has neither" in missing.stderr
