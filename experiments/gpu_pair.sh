@@ -42,9 +42,9 @@ STEPS=${STEPS:-$([ -n "${SMOKE:-}" ] && echo 2 || echo 50000)}  # the wall clock
 COMMON=(--device "$DEVICE" --no-progress --steps "$STEPS" --set train.threads=2 --set train.log_every=50)
 EVAL=(--sequences 128)
 if [ -n "${SMOKE:-}" ]; then  # every step runs at tiny sizes; nothing is measured
-    COMMON+=(--set train.threads=1 --set model.width=0.125 --set model.factor_dim=4 --set model.transition_hidden=32
-             --set data.seq_len=3 --set data.test_sequences=8 --set train.batch_size=4
-             --set train.log_every=1 --set train.eval_every=0 --set train.checkpoint_every=0)
+    COMMON+=(--set train.threads=1 --set model.width=0.125 --set model.factor_dim=4
+             --set model.transition_hidden=32 --set data.seq_len=3 --set data.test_sequences=8
+             --set train.batch_size=4 --set train.log_every=1 --set train.eval_every=0 --set train.checkpoint_every=0)
     EVAL=(--sequences 8 --iw-samples 2 --partitions 2)
 else
     COMMON+=(--set train.precision=bf16 --set train.channels_last=true)
@@ -94,8 +94,8 @@ kill "$MONITOR" 2>/dev/null
 echo "== evaluating (limit ${EVAL_S}s, t=$((SECONDS - START))s)"
 EPIDS=()
 for name in "${NAMES[@]}"; do
-    OMP_NUM_THREADS=2 timeout -s TERM "$EVAL_S" "$PY" -m indpred eval "$RUNS/$name" --device "$DEVICE" --no-progress \
-        "${EVAL[@]}" >"$RUNS/$name.eval.log" 2>&1 &
+    OMP_NUM_THREADS=2 timeout -s TERM "$EVAL_S" "$PY" -m indpred eval "$RUNS/$name" --device "$DEVICE" \
+        --no-progress "${EVAL[@]}" >"$RUNS/$name.eval.log" 2>&1 &
     EPIDS+=($!)
 done
 for i in "${!EPIDS[@]}"; do

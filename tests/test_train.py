@@ -197,6 +197,30 @@ def test_a_resume_inside_the_dormant_window_sees_the_whole_window(tmp_path, tiny
     assert resumed["dormant_kl"] == whole["dormant_kl"]
 
 
+def test_a_resumed_start_counts_its_earlier_sessions_training_time(tmp_path, tiny_config):
+    def carried_seconds(run_dir):
+        state = json.loads((latest_checkpoint(run_dir / "checkpoints") / "state.json").read_text())
+        return state["extra"]["train_seconds"]
+
+    cfg = apply_overrides(RunConfig.from_dict(tiny_config.to_dict()), ["train.checkpoint_every=0"])
+    train(RunConfig.from_dict(cfg.to_dict()), tmp_path / "kept", steps=2, progress=False)
+    first = carried_seconds(tmp_path / "kept")
+    assert first > 0
+    result = train(RunConfig(), tmp_path / "kept", resume=True, steps=4, progress=False)
+    summary = json.loads((tmp_path / "kept" / "summary.json").read_text())
+    assert summary["train_seconds"] == first + summary["train_seconds_this_session"] == result.seconds
+    assert first < carried_seconds(tmp_path / "kept") <= summary["train_seconds"]  # saved just before
+    # A start stopped before the dormant check, resumed and then abandoned, records all its time.
+    dormant = apply_overrides(RunConfig.from_dict(cfg.to_dict()), [
+        "train.dormant_check=4", "train.dormant_nats=1e9", "train.dormant_restarts=1"])
+    train(RunConfig.from_dict(dormant.to_dict()), tmp_path / "abandoned", steps=3, progress=False)
+    first = carried_seconds(tmp_path / "abandoned")
+    train(RunConfig(), tmp_path / "abandoned", resume=True, steps=5, progress=False)
+    lines = (tmp_path / "abandoned" / "restarts.jsonl").read_text().splitlines()
+    restarts = [json.loads(line) for line in lines]
+    assert [r["attempt"] for r in restarts] == [0] and restarts[0]["train_seconds"] > first
+
+
 @pytest.mark.parametrize("change", ["train.dormant_nats=0", "model.factors=1", "train.dormant_restarts=0"])
 def test_the_dormant_check_leaves_awake_entangled_or_exhausted_runs_alone(tmp_path, tiny_config, change):
     base = apply_overrides(RunConfig.from_dict(tiny_config.to_dict()), [change])

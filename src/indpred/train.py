@@ -93,7 +93,7 @@ class TrainResult:
     run_dir: Path
     step: int
     test: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # training time: this start over all its sessions, plus starts abandoned now
     stopped_early: bool = False
     rank: int = 0
     dormant: list[float] | None = None  # KL per factor at the check, when the run must start over
@@ -602,9 +602,11 @@ def _loop(
     It returns early, with ``dormant`` set and nothing saved, when a factor is still
     dormant at ``train.dormant_check`` and this start (``attempt``) may be abandoned.
     ``carried``: the resumed checkpoint's extras, the running counts a resume continues
-    (skipped steps, the KL summed so far over the dormant check's window).
+    (skipped steps, the KL summed so far over the dormant check's window, the start's
+    training time so far). The result's ``seconds`` count this start's earlier sessions too.
     """
     carried = carried or {}
+    before = float(carried.get("train_seconds", 0.0))  # this start's training time in earlier sessions
     tc = cfg.train
     model, optimizer = trainer.model, trainer.optimizer
     main = ranks.main
@@ -617,7 +619,8 @@ def _loop(
             return
         save_checkpoint(ckpt_dir, step, model, optimizer, rng={"noise": noise.get_state()},
                         extra={"preset": cfg.preset, "skipped_steps": skipped, "attempt": attempt,
-                               "dormant_window": {"kl_sum": wake_sum.tolist(), "steps": wake_n}},
+                               "dormant_window": {"kl_sum": wake_sum.tolist(), "steps": wake_n},
+                               "train_seconds": before + time.perf_counter() - t0},
                         keep=tc.keep_checkpoints)
         saved_at = step
 
@@ -739,12 +742,12 @@ def _loop(
         if log is not None:
             log.close()
     if dormant is not None:
-        return TrainResult(run_dir=run_dir, step=step, seconds=time.perf_counter() - t0,
+        return TrainResult(run_dir=run_dir, step=step, seconds=before + time.perf_counter() - t0,
                            stopped_early=stopped, rank=ranks.rank, dormant=dormant)
     checkpoint(step)
 
     elapsed = time.perf_counter() - t0
-    result = TrainResult(run_dir=run_dir, step=step, seconds=elapsed, stopped_early=stopped,
+    result = TrainResult(run_dir=run_dir, step=step, seconds=before + elapsed, stopped_early=stopped,
                          rank=ranks.rank)
     if stopped or not main:
         return result
@@ -754,6 +757,7 @@ def _loop(
     trained = step - start
     summary = {
         "preset": cfg.preset, "step": step, "test": result.test, "skipped_steps": skipped,
+        "train_seconds": before + elapsed,  # this start's, over every session of it
         "train_seconds_this_session": elapsed,
         "frames_per_s_this_session": trained * R * B * T / elapsed if trained else None,
         "precision": model.precision,  # as it ran ("auto" resolved)
