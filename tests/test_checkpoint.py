@@ -80,6 +80,29 @@ def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path):
         read_checkpoint(path)
 
 
+def test_weights_alone_load_for_inference_but_not_for_training(tmp_path, tiny_config):
+    from indpred.run import load_model
+    from indpred.train import train
+
+    run = tmp_path / "run"
+    train(tiny_config, run, steps=2, progress=False)
+    path = latest_checkpoint(run / "checkpoints")
+    full = load_model(run).state_dict()
+    (path / "train_state.safetensors").unlink()  # shared or copied without its training state
+    _, weights, train_tensors = read_checkpoint(path, weights_only=True)
+    assert train_tensors == {} and all(torch.equal(weights[k], v) for k, v in full.items())
+    assert all(torch.equal(full[k], v) for k, v in load_model(run).state_dict().items())
+    with pytest.raises(UserError, match=r"train_state\.safetensors is missing or corrupt"):
+        read_checkpoint(path)  # resuming needs the training state
+    with pytest.warns(UserWarning, match="skipping checkpoint"), pytest.raises(UserError, match="no usable"):
+        train(tiny_config, run, resume=True, steps=3, progress=False)
+    data = bytearray((path / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (path / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"model\.safetensors is missing or corrupt"):
+        read_checkpoint(path, weights_only=True)  # the weights are still verified
+
+
 def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
     model, opt = trained_pair()
     path = save_checkpoint(tmp_path, 1, model, opt)

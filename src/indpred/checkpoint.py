@@ -136,8 +136,13 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Verified contents of a checkpoint folder: (state, weights, train tensors)."""
+def read_checkpoint(path: Path, *, weights_only: bool = False
+                    ) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Verified contents of a checkpoint folder: (state, weights, train tensors).
+
+    ``weights_only``: read and verify the weights alone (train tensors empty), so that a
+    model shared or copied without its training state still loads for inference.
+    """
     try:
         state = json.loads((path / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -147,8 +152,10 @@ def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str
             f"checkpoint {path} has format {state.get('format')!r} version {state.get('version')!r}; "
             f"this indpred reads {FORMAT!r} version {VERSION}"
         )
-    loaded = {}
+    loaded = {"train_state.safetensors": {}}
     for name, digest in state["sha256"].items():
+        if weights_only and name != "model.safetensors":
+            continue
         file = path / name
         if not file.is_file() or file_digest(file) != digest:
             raise UserError(f"checkpoint file {file} is missing or corrupt (checksum mismatch)")
@@ -160,13 +167,13 @@ def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str
 
 
 def read_latest_valid(
-    checkpoints_dir: Path,
+    checkpoints_dir: Path, *, weights_only: bool = False,
 ) -> tuple[Path, dict, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
     """The newest checkpoint that verifies, falling back (with a warning) past broken ones."""
     problems = []
     for path in reversed(list_checkpoints(checkpoints_dir)):
         try:
-            return (path, *read_checkpoint(path))
+            return (path, *read_checkpoint(path, weights_only=weights_only))
         except UserError as e:
             problems.append(str(e))
             warnings.warn(f"skipping checkpoint {path.name}: {e}", stacklevel=2)

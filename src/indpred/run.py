@@ -66,7 +66,7 @@ def load_model(run_dir: str | Path, *, device: str = "cpu") -> FactoredVAE:
     """The trained model of a run folder, from its latest checkpoint, in eval mode."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
-    found = read_latest_valid(run_dir / CHECKPOINTS)
+    found = read_latest_valid(run_dir / CHECKPOINTS, weights_only=True)  # no training state needed
     if found is None:
         raise UserError(f"{run_dir} has no checkpoint yet; train it first (indpred train ...)")
     ckpt, _, weights, _ = found
