@@ -119,8 +119,8 @@ def main() -> None:
         twins = [("factored", base)] + ([("entangled", entangled(base))] if with_twin else [])
         for name, cfg in twins:
             run = out / f"{name}-seed{seed}"
-            if args.no_train:  # the step it was evaluated at, else the step of its last checkpoint
-                steps = recorded_step(run / "eval" / "metrics.json") or checkpoint_step(run)
+            if args.no_train:  # the step of its last checkpoint, else the step it was evaluated at
+                steps = checkpoint_step(run) or recorded_step(run / "eval" / "metrics.json")
                 if steps is None:
                     raise SystemExit(f"run_pair: {run} has neither an evaluation nor a checkpoint; "
                                      "train it first (or drop --no-train)")
