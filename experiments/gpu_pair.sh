@@ -106,10 +106,8 @@ done
 echo "== packing (t=$((SECONDS - START))s)"
 cat "$RUNS/gpu_check.log" 2>/dev/null
 tar czf - -C "$RUNS" --exclude='*.safetensors' --exclude='.lock' . | split -b 15M -d - "$OUT/runs.tar.gz.part"
-for name in pair/factored-seed0; do
-    last=$(ls -d "$RUNS/$name"/checkpoints/step-* 2>/dev/null | tail -n 1)
-    [ -n "$last" ] && split -b 15M -d "$last/model.safetensors" \
-        "$OUT/weights-${name//\//-}-$(basename "$last").part"
-done
+last=$(ls -d "$RUNS"/pair/factored-seed0/checkpoints/step-* 2>/dev/null | tail -n 1)
+[ -n "$last" ] && split -b 15M -d "$last/model.safetensors" \
+    "$OUT/weights-pair-factored-seed0-$(basename "$last").part"
 ls -la "$OUT"
 echo "== done in $((SECONDS - START))s"

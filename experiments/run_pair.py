@@ -15,7 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from indpred.checkpoint import latest_checkpoint
+from indpred.checkpoint import latest_step
 from indpred.compare import write_comparison
 from indpred.config import apply_overrides, entangled, get_preset
 from indpred.eval.evaluate import evaluate_run, load_metrics
@@ -28,12 +28,6 @@ TINY = ["model.width=0.125", "model.factor_dim=4", "model.transition_hidden=32",
 def recorded_step(path: Path) -> int | None:
     """The step a run's summary.json (trained) or eval/metrics.json (evaluated) records."""
     return json.loads(path.read_text())["step"] if path.is_file() else None
-
-
-def checkpoint_step(run: Path) -> int | None:
-    """The step of the run's latest checkpoint, if it has one."""
-    last = latest_checkpoint(run / "checkpoints")
-    return int(last.name.split("-")[1]) if last else None
 
 
 def train_or_resume(cfg, run: Path, steps: int, progress: bool) -> None:
@@ -120,7 +114,7 @@ def main() -> None:
         for name, cfg in twins:
             run = out / f"{name}-seed{seed}"
             if args.no_train:  # the step of its last checkpoint, else the step it was evaluated at
-                steps = checkpoint_step(run) or recorded_step(run / "eval" / "metrics.json")
+                steps = latest_step(run / "checkpoints") or recorded_step(run / "eval" / "metrics.json")
                 if steps is None:
                     raise SystemExit(f"run_pair: {run} has neither an evaluation nor a checkpoint; "
                                      "train it first (or drop --no-train)")

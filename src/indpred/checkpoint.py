@@ -136,6 +136,12 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def latest_step(checkpoints_dir: Path) -> int | None:
+    """The step of the newest complete checkpoint (read from its folder's name), if any."""
+    last = latest_checkpoint(checkpoints_dir)
+    return int(last.name.removeprefix(PREFIX)) if last else None
+
+
 def read_checkpoint(path: Path, *, weights_only: bool = False
                     ) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Verified contents of a checkpoint folder: (state, weights, train tensors).

@@ -306,10 +306,9 @@ def _evaluate(
 
 
 def _checkpoint_step(run_dir: Path) -> int | None:
-    from indpred.checkpoint import latest_checkpoint
+    from indpred.checkpoint import latest_step
 
-    ckpt = latest_checkpoint(run_dir / runfolder.CHECKPOINTS)
-    return int(ckpt.name.split("-")[1]) if ckpt else None
+    return latest_step(run_dir / runfolder.CHECKPOINTS)
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
