@@ -70,12 +70,13 @@ def save_checkpoint(
     try:
         checkpoints_dir.mkdir(parents=True, exist_ok=True)
         _write(tmp, final, model, optimizer, rng, extra, step)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(checkpoints_dir)
-        kept = f"; {previous.name} is intact" if previous else ""
-        raise UserError(f"cannot write checkpoint {final.name} into {checkpoints_dir}: "
-                        f"{e.strerror or e} (disk full or not writable?){kept}") from None
+        kept = f"; {previous.name} is intact (the last good checkpoint)" if previous else ""
+        reason = getattr(e, "strerror", None) or str(e)
+        raise UserError(f"cannot write checkpoint {final.name} into {checkpoints_dir}: {reason} "
+                        f"(disk full or not writable?){kept}; make room, then continue with --resume") from None
     for old in list_checkpoints(checkpoints_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

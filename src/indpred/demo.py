@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from indpred.config import RunConfig
-from indpred.run import CONFIG, METRICS, SUMMARY, read_restarts
+from indpred.run import CONFIG, METRICS, SUMMARY, read_metrics, read_restarts
 
 IW_SAMPLES = 5  # importance samples of the bound the demo's evaluation reports
 SETTINGS = "demo.json"  # the demo's own settings, beside its two runs, for ``indpred demo --resume``
@@ -70,16 +70,8 @@ def _evaluate(run_dir: str, sequences: int, threads: int, progress: bool) -> Non
 
 def _steps_done(run_dir: Path) -> int:
     """The last training step logged in the run's metrics (0 before the first)."""
-    path = run_dir / METRICS
-    lines = path.read_text().splitlines() if path.is_file() else []
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line the worker is still writing
-            continue
-        if record.get("split") == "train":
-            return int(record["step"])
-    return 0
+    steps = [r["step"] for r in read_metrics(run_dir) if r.get("split") == "train"]
+    return int(steps[-1]) if steps else 0
 
 
 def _wait(futures: list[Future], runs: list[Path], total: int, progress: bool, desc: str) -> None:
@@ -173,8 +165,9 @@ def _train_starts_side_by_side(twins: list[tuple[RunConfig, Path]], steps: int |
     Trained one after the other (``indpred train``), each abandoned start costs the
     ``train.dormant_check`` steps on one core while the other, once the twin is done,
     waits. Here starts 0 and 1 train side by side to the check, each from its own seed
-    (:func:`~indpred.train.attempt_seed`); then the first awake one (or start 2, from
-    scratch, if neither is) trains on beside the twin. Each start is a function of its
+    (:func:`~indpred.train.restarts.start_config`); then the one the rule keeps
+    (:func:`~indpred.train.restarts.kept_start`: the first awake one, or start 2 from
+    scratch if neither is) trains on beside the twin. Each start is a function of its
     seed alone and a resumed run repeats an uninterrupted one, so the factored run is
     bit for bit the one ``indpred train`` would make; its folder records the abandoned
     starts the same way (``restarts.jsonl``), and its config is the start's own.
@@ -183,24 +176,19 @@ def _train_starts_side_by_side(twins: list[tuple[RunConfig, Path]], steps: int |
     rename, only once the choice is made. A stopped demo therefore resumes the starts while
     the run's folder is missing, and the run (and the twin) once it is there.
     """
-    from indpred.train import attempt_seed, is_dormant, record_abandoned_start
+    from indpred.train.restarts import kept_start, record_abandoned_start, start_config
 
     (cfg, run), (twin, twin_run) = twins
     tc = cfg.train
 
-    def start(k: int) -> RunConfig:
-        c = RunConfig.from_dict(cfg.to_dict())
-        c.train.seed, c.train.dormant_restarts = attempt_seed(cfg, k), 0
-        return c
-
     if not run.is_dir():
         probes = [run.parent / f".{run.name}-start-{k}" for k in range(3)]
-        first = _side_by_side([(start(k).to_dict(), probes[k], tc.dormant_check, _begun(probes[k]))
+        first = _side_by_side([(start_config(cfg, k).to_dict(), probes[k], tc.dormant_check, _begun(probes[k]))
                                for k in range(2)], 2 * tc.dormant_check, progress, "first starts")
         if any(stopped for _, stopped in first):
             return [(0.0, True), (0.0, True)]
         kl = [json.loads((p / SUMMARY).read_text())["dormant_kl"] for p in probes[:2]]
-        chosen = next((k for k in range(2) if k == tc.dormant_restarts or not is_dormant(kl[k], cfg)), 2)
+        chosen = kept_start(cfg, kl)
         shutil.rmtree(probes[2], ignore_errors=True)  # a half-made folder of an earlier try
         if chosen == 2:
             probes[2].mkdir()
@@ -212,7 +200,7 @@ def _train_starts_side_by_side(twins: list[tuple[RunConfig, Path]], steps: int |
             shutil.rmtree(p, ignore_errors=True)
     # The kept start resumes with its own config; start 2 begins from scratch in the folder
     # that already records the two abandoned starts.
-    job: Job = (start(2).to_dict(), run, steps or tc.steps, _begun(run))
+    job: Job = (start_config(cfg, 2).to_dict(), run, steps or tc.steps, _begun(run))
     total = (steps or tc.steps) + (steps or twin.train.steps)  # _wait adds the abandoned starts
     return _side_by_side([job, (twin.to_dict(), twin_run, steps, _begun(twin_run))], total, progress,
                          "training both")

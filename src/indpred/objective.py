@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -47,13 +48,8 @@ class ElboTerms:
     def elbo(self) -> Tensor:  # (B,)
         return self.log_likelihood - self.kl.sum(-1)
 
-    def summary(self) -> dict[str, float | list[float]]:
-        """Batch means as plain numbers, for logs and JSON."""
-        return {
-            "elbo": self.elbo.mean().item(),
-            "log_likelihood": self.log_likelihood.mean().item(),
-            "kl": self.kl.mean(0).tolist(),
-        }
+    def detach(self) -> ElboTerms:
+        return ElboTerms(log_likelihood=self.log_likelihood.detach(), kl=self.kl.detach())
 
 
 def elbo_terms(
@@ -95,3 +91,22 @@ def sequence_elbo(
         frames, x_mean, math.log(model.config.obs_var),
         f.post_mean, f.post_logvar, f.prior_mean, f.prior_logvar,
     )
+
+
+def training_loss(terms: ElboTerms, *, kl_weight: float = 1.0, free_bits: float = 0.0,
+                  batch_mean: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """The loss a step minimises: ``−(log-likelihood − kl_weight·KL)`` averaged over the batch.
+
+    With ``free_bits`` > 0 ("free bits", Kingma et al. 2016) each factor's batch-mean KL
+    enters as ``max(KL_k, free_bits)``, decided on ``batch_mean(KL_k)`` (K numbers): the
+    mean over the *global* batch under torchrun, so R ranks train what one process trains on
+    their R·B sequences. The ELBO reported is always the true one.
+    """
+    if free_bits <= 0:
+        return -(terms.log_likelihood - kl_weight * terms.kl.sum(-1)).mean()
+    kl_mean = terms.kl.mean(0)  # (K,) this batch's
+    decided = kl_mean.detach().clone()
+    if batch_mean is not None:
+        decided = batch_mean(decided)
+    penalised = torch.where(decided > free_bits, kl_mean, kl_mean.new_tensor(free_bits))
+    return -terms.log_likelihood.mean() + kl_weight * penalised.sum()

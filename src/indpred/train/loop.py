@@ -1,0 +1,364 @@
+"""The optimisation loop: one step, and the loop that logs, evaluates and checkpoints around it.
+
+Every step draws its batch by index (:mod:`~indpred.train.batches`) and its
+reparameterisation noise from one generator a checkpoint saves, so a resumed run
+repeats exactly what an uninterrupted one would have done. Each step, on every rank:
+
+1. the learning rate (``train.lr`` decayed by ``train.lr_decay`` every ``lr_decay_every``
+   steps) and the KL weight (warm-up over ``train.kl_warmup`` steps) for this step;
+2. forward and backward (:func:`forward_backward`), gradient clipping (``train.grad_clip``);
+3. the step's figures, gathered in one transfer (:class:`StepFigures`, all-reduced over ranks);
+4. a non-finite loss or gradient: the update is skipped and batch norm's statistics
+   restored; else ``optimizer.step()``, then logging, the periodic test ELBO, the
+   dormant-factor check (:mod:`~indpred.train.restarts`) and checkpoints.
+
+Rank 0 alone logs, evaluates and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from indpred import distributed
+from indpred import run as runfolder
+from indpred.checkpoint import latest_checkpoint, save_checkpoint
+from indpred.config import RunConfig
+from indpred.distributed import SINGLE, Ranks
+from indpred.errors import UserError
+from indpred.eval.elbo import dataset_elbo
+from indpred.fileio import write_text_atomic
+from indpred.objective import ElboTerms, training_loss
+from indpred.train.batches import step_batches
+from indpred.train.restarts import DormantWindow, abandons
+from indpred.train.setup import Trainer, is_out_of_memory, out_of_memory_message
+
+
+@dataclass
+class TrainResult:
+    """Where a finished (or stopped) run stands (``test`` is empty on ranks other than 0)."""
+
+    run_dir: Path
+    step: int
+    test: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0  # training time: this start over all its sessions, plus starts abandoned now
+    stopped_early: bool = False
+    rank: int = 0
+    dormant: list[float] | None = None  # KL per factor at the check, when the run must start over
+
+
+def forward_backward(trainer: Trainer, frames: Tensor, noise: Tensor, kl_weight: float = 1.0,
+                     free_bits: float = 0.0, ranks: Ranks = SINGLE) -> tuple[Tensor, ElboTerms]:
+    """Loss and (detached) ELBO terms of one batch, gradients accumulated (no optimiser step).
+
+    The loss is :func:`~indpred.objective.training_loss`; under torchrun its free bits are
+    decided on the global batch's mean KL (one all-reduce of K numbers).
+    """
+    if trainer.cuda_graphs:  # a new step: the graphs may reuse the last step's output memory
+        torch.compiler.cudagraph_mark_step_begin()
+    terms = trainer.objective(frames, noise)  # log-likelihood (B,), KL (B, K)
+    batch_mean = (lambda kl: distributed.all_reduce_sum(kl, ranks) / ranks.world) if ranks.active else None
+    loss = training_loss(terms, kl_weight=kl_weight, free_bits=free_bits, batch_mean=batch_mean)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss, terms.detach()
+
+
+@dataclass
+class StepFigures:
+    """What a step decides on and logs, as plain numbers (means over every rank's batch)."""
+
+    loss: float
+    grad_norm: float
+    elbo: float
+    log_likelihood: float
+    kl: list[float]  # (K,)
+    stop: bool  # a stop signal reached some rank
+
+    @classmethod
+    def gather(cls, loss: Tensor, grad_norm: Tensor, terms: ElboTerms, stop: bool, ranks: Ranks) -> StepFigures:
+        """All figures in one device-to-host transfer (and one all-reduce over several ranks)."""
+        packed = torch.cat([loss.detach().reshape(1), grad_norm.reshape(1).to(loss),
+                            terms.elbo.mean().reshape(1), terms.log_likelihood.mean().reshape(1),
+                            terms.kl.mean(0), loss.new_full((1,), float(stop))])
+        if ranks.active:
+            distributed.all_reduce_sum(packed, ranks)
+            packed[:-1] /= ranks.world
+        loss_v, norm_v, elbo_v, ll_v, *kl_v, stop_v = packed.tolist()
+        return cls(loss_v, norm_v, elbo_v, ll_v, kl_v, stop_v > 0)
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
+
+
+@dataclass
+class LogWindow:
+    """The figures summed since the last train log line (averaged when it is written)."""
+
+    kl: Tensor  # (K,) float64
+    since: float = field(default_factory=time.perf_counter)
+    elbo: float = 0.0
+    log_likelihood: float = 0.0
+    n: int = 0
+
+    def add(self, f: StepFigures) -> None:
+        self.elbo += f.elbo
+        self.log_likelihood += f.log_likelihood
+        self.kl += torch.tensor(f.kl, dtype=torch.float64)
+        self.n += 1
+
+    def record(self, step: int, lr: float, kl_weight: float, frames_per_step: int, now: float) -> dict:
+        fps = self.n * frames_per_step / max(now - self.since, 1e-9)  # global: every rank's frames
+        return {"step": step, "split": "train", "elbo": self.elbo / self.n,
+                "log_likelihood": self.log_likelihood / self.n, "kl": (self.kl / self.n).tolist(),
+                "lr": lr, "kl_weight": kl_weight, "frames_per_s": fps}
+
+    def reset(self, now: float) -> None:
+        self.elbo, self.log_likelihood, self.n, self.since = 0.0, 0.0, 0, now
+        self.kl.zero_()
+
+
+@dataclass
+class Counters:
+    """The running counts a checkpoint carries beside the weights, so that a resume continues them."""
+
+    step: int
+    attempt: int  # which start of the run (see restarts)
+    window: DormantWindow
+    skipped: int = 0  # non-finite steps skipped, over every session
+    seconds_before: float = 0.0  # this start's training time in earlier sessions
+    bad_in_a_row: int = 0  # not carried: a resume starts from a good checkpoint
+
+    @classmethod
+    def carried(cls, cfg: RunConfig, step: int, attempt: int, extra: dict[str, Any]) -> Counters:
+        """The counts at ``step``, from a resumed checkpoint's extras (empty: a fresh start)."""
+        return cls(step=step, attempt=attempt, window=DormantWindow.of(cfg, extra),
+                   skipped=int(extra.get("skipped_steps", 0)),
+                   seconds_before=float(extra.get("train_seconds", 0.0)))
+
+    def extra(self, cfg: RunConfig, seconds: float) -> dict[str, Any]:
+        """The checkpoint's extras: what :meth:`carried` reads back."""
+        return {"preset": cfg.preset, "skipped_steps": self.skipped, "attempt": self.attempt,
+                "dormant_window": self.window.to_extra(), "train_seconds": seconds}
+
+
+def _ramp(step: int, steps: int) -> float:
+    """A warm-up weight at (0-based) ``step``: linear from 1/steps to 1 over ``steps`` steps (0: always 1)."""
+    return min(1.0, (step + 1) / steps) if steps else 1.0
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[dict[str, bool]]:
+    """SIGINT/SIGTERM ask the loop to stop after the current step (then it checkpoints)."""
+    flag = {"stop": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["stop"] = True
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: no handlers, nothing to restore
+        previous = {}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class TrainingLoop:
+    """One start of a run trained from ``counters.step`` to ``train.steps`` (or a stop).
+
+    It returns early, with ``dormant`` set and nothing saved, when the dormant-factor rule
+    abandons this start at its check. The result's ``seconds`` count this start's earlier
+    sessions too.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, device: torch.device, trainer: Trainer,
+                 noise: torch.Generator, datasets: tuple[Any, Any], counters: Counters, *,
+                 ranks: Ranks, progress: bool, resumed: bool) -> None:
+        self.cfg, self.run_dir, self.device, self.trainer, self.noise = cfg, run_dir, device, trainer, noise
+        self.train_set, self.test_set = datasets
+        self.counters, self.ranks, self.progress = counters, ranks, progress
+        self.start = counters.step
+        self.saved_at = counters.step if resumed else None
+        self.logged = LogWindow(kl=torch.zeros(cfg.model.factors, dtype=torch.float64))
+        self.log: IO[str] | None = None
+        self.lr, self.kl_weight = cfg.train.lr, 1.0
+        self.t0 = time.perf_counter()
+
+    @property
+    def frames_per_step(self) -> int:
+        return self.ranks.world * self.cfg.train.batch_size * self.cfg.data.seq_len
+
+    def run(self) -> TrainResult:
+        tc, c = self.cfg.train, self.counters
+        interactive = sys.stderr.isatty()  # in a log file, one progress line every 30 s
+        bar = tqdm(total=tc.steps, initial=self.start, disable=not (self.progress and self.ranks.main),
+                   unit="step", dynamic_ncols=True, desc=self.run_dir.name,
+                   mininterval=0.1 if interactive else 30.0)
+        batches = step_batches(self.train_set, tc.batch_size, self.start, tc.steps, self.device,
+                               ranks=self.ranks, workers=tc.data_workers)
+        self.log = (self.run_dir / runfolder.METRICS).open("a") if self.ranks.main else None
+        stopped, dormant = False, None
+        self.trainer.model.train()
+        try:
+            with stop_on_signals() as signals:
+                while c.step < tc.steps:
+                    figures = self._first_step(batches, signals) if c.step == self.start else \
+                        self._step(next(batches), signals)
+                    bar.update(1)
+                    if not figures.finite:
+                        self._skip()
+                    elif (dormant := self._update(figures, bar, interactive)) is not None:
+                        stopped = figures.stop
+                        break
+                    if figures.stop:
+                        stopped = c.step < tc.steps
+                        break
+        finally:
+            batches.close()
+            bar.close()
+            if self.log is not None:
+                self.log.close()
+        return self._finish(stopped, dormant)
+
+    def _first_step(self, batches: Iterator[Tensor], signals: dict[str, bool]) -> StepFigures:
+        """The session's first step, where a run too large for memory shows: one line if it is."""
+        try:
+            return self._step(next(batches), signals)
+        except Exception as e:
+            if is_out_of_memory(e):
+                raise UserError(out_of_memory_message(self.cfg, "at the first step", e)) from None
+            raise
+
+    def _step(self, frames: Tensor, signals: dict[str, bool]) -> StepFigures:
+        """Forward, backward and clipping of one batch (B, T, C, H, W); no update yet."""
+        tc, c, model, ranks = self.cfg.train, self.counters, self.trainer.model, self.ranks
+        self.lr = tc.lr * tc.lr_decay ** (c.step // tc.lr_decay_every)
+        for group in self.trainer.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.kl_weight = _ramp(c.step, tc.kl_warmup)
+        self.buffers = [b.clone() for b in model.buffers()]  # batch norm's statistics, for a bad step
+        B, K, d = tc.batch_size, self.cfg.model.factors, self.cfg.model.factor_dim
+        eps = torch.randn(ranks.world * B, self.cfg.data.seq_len, K, d, device=self.device,
+                          generator=self.noise)  # (R·B, T, K, d): the global batch's
+        eps = eps[ranks.rank * B:(ranks.rank + 1) * B]  # (B, T, K, d): this rank's rows
+        loss, terms = forward_backward(self.trainer, frames, eps, self.kl_weight, tc.free_bits, ranks)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                   tc.grad_clip if tc.grad_clip else math.inf)
+        figures = StepFigures.gather(loss, grad_norm, terms, signals["stop"], ranks)
+        figures.stop = figures.stop or (not ranks.active and signals["stop"])
+        c.step += 1
+        return figures
+
+    def _skip(self) -> None:
+        """A non-finite loss or gradient: no update, batch norm's statistics undone, counted."""
+        c = self.counters
+        for b, saved in zip(self.trainer.model.buffers(), self.buffers):
+            b.copy_(saved)
+        self.trainer.optimizer.zero_grad(set_to_none=True)
+        c.skipped += 1
+        c.bad_in_a_row += 1
+        self._write({"step": c.step, "split": "train", "skipped": "non-finite loss or gradient",
+                     "skipped_total": c.skipped})
+        if c.bad_in_a_row >= self.cfg.train.max_bad_steps:
+            last = latest_checkpoint(self.run_dir / runfolder.CHECKPOINTS) if self.ranks.main else None
+            raise UserError(f"training stopped at step {c.step}: {c.bad_in_a_row} steps in a row had a "
+                            f"non-finite loss or gradient; the last good checkpoint "
+                            f"({last.name if last else 'none'}) "
+                            "is intact. Lower train.lr or set train.grad_clip, then --resume")
+
+    def _update(self, figures: StepFigures, bar: tqdm, interactive: bool) -> list[float] | None:
+        """The update of a good step and what follows it; the window's KL if this start is abandoned."""
+        tc, c = self.cfg.train, self.counters
+        c.bad_in_a_row = 0
+        self.trainer.optimizer.step()
+        self.logged.add(figures)
+        c.window.add(c.step, figures.kl)
+        if (c.step % tc.log_every == 0 or c.step == tc.steps) and self.logged.n:
+            now = time.perf_counter()
+            record = self.logged.record(c.step, self.lr, self.kl_weight, self.frames_per_step, now)
+            self._write(record)
+            bar.set_postfix(elbo=f"{record['elbo']:.1f}", fps=f"{record['frames_per_s']:.0f}",
+                            refresh=interactive)
+            self.logged.reset(now)
+        if self.ranks.main and tc.eval_every and c.step % tc.eval_every == 0 and c.step < tc.steps:
+            self._write({"step": c.step, "split": "test", **self._test_elbo()})
+        if c.step == c.window.check and c.window.steps and abandons(self.cfg, c.attempt, c.window.mean()):
+            return c.window.mean()
+        if tc.checkpoint_every and c.step % tc.checkpoint_every == 0:
+            self._checkpoint()
+        return None
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self.log is not None:
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
+
+    def _test_elbo(self) -> dict[str, Any]:
+        return dataset_elbo(self.trainer.model, self.test_set, seed=self.cfg.data.seed, device=self.device)
+
+    def _seconds(self) -> float:
+        """This start's training time, over every session of it."""
+        return self.counters.seconds_before + time.perf_counter() - self.t0
+
+    def _checkpoint(self) -> None:
+        step = self.counters.step
+        if self.saved_at == step or not self.ranks.main:
+            return
+        save_checkpoint(self.run_dir / runfolder.CHECKPOINTS, step, self.trainer.model,
+                        self.trainer.optimizer, rng={"noise": self.noise.get_state()},
+                        extra=self.counters.extra(self.cfg, self._seconds()),
+                        keep=self.cfg.train.keep_checkpoints)
+        self.saved_at = step
+
+    def _finish(self, stopped: bool, dormant: list[float] | None) -> TrainResult:
+        """The last checkpoint, the final test ELBO and ``summary.json`` (unless stopped or abandoned)."""
+        c = self.counters
+        result = TrainResult(run_dir=self.run_dir, step=c.step, stopped_early=stopped, rank=self.ranks.rank)
+        if dormant is not None:
+            result.seconds, result.dormant = self._seconds(), dormant
+            return result
+        self._checkpoint()
+        elapsed = time.perf_counter() - self.t0
+        result.seconds = c.seconds_before + elapsed
+        if stopped or not self.ranks.main:
+            return result
+        result.test = self._test_elbo()
+        with (self.run_dir / runfolder.METRICS).open("a") as f:
+            f.write(json.dumps({"step": c.step, "split": "test", **result.test}) + "\n")
+        self._write_summary(result.test, elapsed)
+        return result
+
+    def _write_summary(self, test: dict[str, Any], elapsed: float) -> None:
+        c, trained = self.counters, self.counters.step - self.start
+        summary: dict[str, Any] = {
+            "preset": self.cfg.preset, "step": c.step, "test": test, "skipped_steps": c.skipped,
+            "train_seconds": c.seconds_before + elapsed,  # this start's, over every session of it
+            "train_seconds_this_session": elapsed,
+            "frames_per_s_this_session": trained * self.frames_per_step / elapsed if trained else None,
+            "precision": self.trainer.model.precision,  # as it ran ("auto" resolved)
+        }
+        if self.ranks.active:
+            summary["ranks"] = self.ranks.world
+        if c.window.steps:  # the dormant check's figure: each factor's KL over its window (nats per frame)
+            summary["dormant_kl"] = c.window.mean()
+        if restarts := runfolder.read_restarts(self.run_dir):
+            summary["restarts"] = restarts  # the starts abandoned for a dormant factor
+        write_text_atomic(self.run_dir / runfolder.SUMMARY, json.dumps(summary, indent=2) + "\n")
