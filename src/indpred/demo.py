@@ -183,8 +183,9 @@ def _train_starts_side_by_side(twins: list[tuple[RunConfig, Path]], steps: int |
 
     if not run.is_dir():
         probes = [run.parent / f".{run.name}-start-{k}" for k in range(3)]
-        first = _side_by_side([(start_config(cfg, k).to_dict(), probes[k], tc.dormant_check, _begun(probes[k]))
-                               for k in range(2)], 2 * tc.dormant_check, progress, "first starts")
+        jobs: list[Job] = [(start_config(cfg, k).to_dict(), probes[k], tc.dormant_check, _begun(probes[k]))
+                           for k in range(2)]
+        first = _side_by_side(jobs, 2 * tc.dormant_check, progress, "first starts")
         if any(stopped for _, stopped in first):
             return [(0.0, True), (0.0, True)]
         kl = [json.loads((p / SUMMARY).read_text())["dormant_kl"] for p in probes[:2]]

@@ -13,7 +13,14 @@ from indpred.train.batches import StepBatches, step_batches
 from indpred.train.loop import TrainResult, forward_backward
 from indpred.train.restarts import attempt_seed, is_dormant
 from indpred.train.session import train
-from indpred.train.setup import ElboObjective, Trainer, make_model, make_trainer, native_bf16, resolve_precision
+from indpred.train.setup import (
+           ElboObjective,
+           Trainer,
+           make_model,
+           make_trainer,
+           native_bf16,
+           resolve_precision,
+)
 
 __all__ = ["TRAIN_STREAM_LENGTH", "ElboObjective", "StepBatches", "TrainResult", "Trainer", "attempt_seed",
            "forward_backward", "is_dormant", "make_datasets", "make_model", "make_trainer", "native_bf16",

@@ -88,7 +88,8 @@ class StepFigures:
     stop: bool  # a stop signal reached some rank
 
     @classmethod
-    def gather(cls, loss: Tensor, grad_norm: Tensor, terms: ElboTerms, stop: bool, ranks: Ranks) -> StepFigures:
+    def gather(cls, loss: Tensor, grad_norm: Tensor, terms: ElboTerms, stop: bool,
+               ranks: Ranks) -> StepFigures:
         """All figures in one device-to-host transfer (and one all-reduce over several ranks)."""
         packed = torch.cat([loss.detach().reshape(1), grad_norm.reshape(1).to(loss),
                             terms.elbo.mean().reshape(1), terms.log_likelihood.mean().reshape(1),

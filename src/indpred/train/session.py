@@ -90,6 +90,7 @@ def train(
                 raise ValueError("train() needs a config unless it resumes")
             if steps is not None:
                 cfg.train.steps = steps
+            cfg.resolve()  # a config built by hand gets its derived fields; any is checked once more
             device = distributed.training_device(runfolder.resolve_device(cfg.train.device), ranks)
             datasets = make_datasets(cfg.data)  # fails early on a bad MNIST folder
             runfolder.make_run_dir(run_dir, clear=False)
