@@ -1,6 +1,9 @@
-"""Tests for indpred.data.moving_mnist: kinematics, rendering, determinism, arguments."""
+"""Tests for indpred.data.moving_mnist: kinematics, rendering, determinism, device rendering,
+arguments; and the per-item seeding (indpred.data.seeding) it shares with video."""
 
 from __future__ import annotations
+
+import pickle
 
 import numpy as np
 import pytest
@@ -8,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from indpred.data import MovingMNIST, load_digits
-from indpred.data.moving_mnist import STANDARD_SPEED, bounce, render
+from indpred.data.moving_mnist import STANDARD_SPEED, Draws, bounce, render
+from indpred.data.seeding import SPLIT_CODES, item_rng
 from indpred.errors import UserError
 
 L64 = 64 - 28
@@ -227,6 +231,66 @@ def test_dataloader_workers_agree() -> None:
         expected = ds.get_batch(range(4 * j, 4 * j + 4))
         for key in expected:
             assert torch.equal(batch[key], expected[key])
+
+
+def test_item_rng_is_the_per_item_seed_sequence() -> None:
+    for seed, split, index in [(0, "train", 0), (7, "test", 123456), (3, "train", 2**40)]:
+        ss = np.random.SeedSequence([seed, SPLIT_CODES[split], index])
+        expected = np.random.Generator(np.random.PCG64(ss)).integers(0, 2**31, size=3)
+        assert np.array_equal(item_rng(seed, split, index).integers(0, 2**31, size=3), expected)
+    # hard-coded: the draws indpred has always made
+    assert item_rng(0, "train", 0).integers(0, 2**31, size=3).tolist() == [1826701615, 1367864807,
+                                                                           1097657232]
+    assert item_rng(7, "test", 123456).integers(0, 2**31, size=3).tolist() == [634995884, 1158893093,
+                                                                               879998393]
+    assert item_rng(3, "train", 2**40).uniform() == 0.6347941008337691
+
+
+def test_draws_are_todays_draws() -> None:
+    draws = make(seed=3).draw_batch([0, 999])
+    assert draws.pool.tolist() == [[3246, 342], [3594, 269]] and draws.pool.dtype == torch.int64
+    assert draws.p0.dtype == draws.v0.dtype == torch.float64
+    assert draws.p0.tolist() == [
+        [[8.525178237459588, 28.84588074743029], [20.95783329831724, 3.3886311206543707]],
+        [[3.4760079972472826, 19.389717044397692], [4.537341125103727, 22.18726561026315]]]
+    assert draws.v0.tolist() == [
+        [[1.4685155713300917, -3.286862031902321], [0.47248141761464985, -3.5688599454179832]],
+        [[3.3815690640994527, 1.2349051237749207], [-1.6033447823271934, -3.223241459925732]]]
+
+
+# --- rendering on a device ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"kinematics": "integer", "n_digits": 3, "colour": False},
+                                    {"n_digits": 1, "image_size": 100, "seq_len": 4}])
+def test_render_draws_equals_get_batch(kwargs: dict) -> None:
+    ds = make(seed=5, **kwargs)
+    idx = range(10, 26)
+    batch = ds.get_batch(idx)
+    draws = ds.draw_batch(idx)
+    assert isinstance(draws, Draws) and draws.pool.shape == (16, ds.n_digits)
+    assert draws.p0.shape == draws.v0.shape == (16, ds.n_digits, 2)
+    cpu = torch.device("cpu")
+    assert torch.equal(ds.render_draws(draws, cpu), batch["frames"])
+    assert torch.equal(ds.render_draws(tuple(draws), "cpu"), batch["frames"])  # a plain tuple will do
+    on_device = ds.get_batch(idx, device=cpu)
+    for key in batch:
+        assert torch.equal(on_device[key], batch[key])
+    if torch.cuda.is_available():
+        frames = ds.get_batch(idx, device="cuda")["frames"]
+        assert frames.device.type == "cuda" and torch.equal(frames.cpu(), batch["frames"])
+
+
+def test_draws_pickle_and_device_pools_are_not_pickled() -> None:
+    ds = make(seed=2)
+    draws = pickle.loads(pickle.dumps(ds.draw_batch(range(4))))
+    ds.render_draws(draws, "cpu")
+    assert ds._pools  # the pool copied to the device is kept for the next batch
+    clone = pickle.loads(pickle.dumps(ds))
+    assert not clone._pools
+    assert torch.equal(clone.render_draws(draws, "cpu"), ds.get_batch(range(4))["frames"])
+    with pytest.raises(UserError):
+        ds.draw_batch([])
 
 
 # --- arguments ------------------------------------------------------------------------

@@ -1,10 +1,13 @@
-"""Tests for indpred.data.video: decoding, resampling, resizing, preparing, serving windows."""
+"""Tests for indpred.data.video: decoding, resampling, resizing, preparing, publishing, serving windows."""
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-import indpred.data.video as video
 from indpred.data.video import (
     VideoFrames,
     VideoReader,
@@ -21,7 +23,9 @@ from indpred.data.video import (
     iter_frames,
     list_videos,
     load_manifest,
+    prepare,
     prepare_videos,
+    publish,
 )
 from indpred.errors import UserError
 from indpred.paths import shared_data_dir
@@ -452,13 +456,13 @@ def test_rerun_skips_unchanged_sources(tmp_path, monkeypatch):
     first = prepare_videos(src, out, fps=None, progress=False)
     before = tree_state(out)
     decoded: list[str] = []
-    real = video._prepare_one
+    real = prepare._prepare_one
 
     def spy(path, *args, **kwargs):
         decoded.append(path.name)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(video, "_prepare_one", spy)
+    monkeypatch.setattr(prepare, "_prepare_one", spy)
     assert prepare_videos(src, out, fps=None, progress=False) == first
     assert decoded == [] and tree_state(out) == before  # nothing decoded, nothing touched
     tagged_video(src / "c.mkv", 8, 2)
@@ -477,7 +481,7 @@ def test_failure_midway_leaves_nothing_half_written(tmp_path, monkeypatch):
     src = make_folder(tmp_path / "src", {"a.mkv": 8, "b.mkv": 8})
     out = tmp_path / "out"
     calls = {"n": 0}
-    real_write = video._FrameWriter.write
+    real_write = prepare._FrameWriter.write
 
     def failing_write(self, frame):
         calls["n"] += 1
@@ -485,16 +489,16 @@ def test_failure_midway_leaves_nothing_half_written(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         real_write(self, frame)
 
-    monkeypatch.setattr(video._FrameWriter, "write", failing_write)
+    monkeypatch.setattr(prepare._FrameWriter, "write", failing_write)
     with pytest.raises(RuntimeError, match="disk full"):
         prepare_videos(src, out, fps=None, progress=False)
     assert not out.exists() and not leftovers(tmp_path, out)
     # an existing finished folder survives a failed update unchanged
-    monkeypatch.setattr(video._FrameWriter, "write", real_write)
+    monkeypatch.setattr(prepare._FrameWriter, "write", real_write)
     first = prepare_videos(src, out, fps=None, progress=False)
     before = tree_state(out)
     calls["n"] = 0
-    monkeypatch.setattr(video._FrameWriter, "write", failing_write)
+    monkeypatch.setattr(prepare._FrameWriter, "write", failing_write)
     with pytest.raises(RuntimeError, match="disk full"):
         prepare_videos(src, out, fps=None, resize="crop", progress=False)
     assert tree_state(out) == before and load_manifest(out) == first
@@ -518,6 +522,85 @@ def test_stale_temporary_folders_are_removed(tmp_path):
     (stale / "frames").mkdir(parents=True)
     prepare_videos(indexed_video(tmp_path / "v.mkv", 6), out, fps=None, progress=False)
     assert not stale.exists()
+
+
+def test_failed_publication_puts_the_old_folder_back(tmp_path, monkeypatch):
+    src = make_folder(tmp_path / "src", {"a.mkv": 8, "b.mkv": 8})
+    out = tmp_path / "out"
+    first = prepare_videos(src, out, fps=None, progress=False)
+    before = tree_state(out)
+    real_replace, calls = os.replace, []
+
+    def failing_replace(a, b):
+        calls.append((Path(a).name, Path(b).name))
+        if len(calls) == 2:  # the new folder into place, after the old one stepped aside
+            raise OSError("no space left")
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="no space left"):
+        prepare_videos(src, out, fps=None, resize="crop", progress=False)
+    assert calls[0][0] == "out" and calls[0][1].startswith(".out.old-") and calls[1][1] == "out"
+    assert calls[2] == (calls[0][1], "out")  # put back
+    assert tree_state(out) == before and load_manifest(out) == first
+    assert not leftovers(tmp_path, out)
+
+
+KILLED_RUN = """
+import os, signal, sys
+from indpred.data.video import prepare, prepare_videos
+where, src, out = sys.argv[1:]
+calls = []
+
+def kill_at(n, real):
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return wrapper
+
+if where == "write":  # halfway through decoding the second video
+    prepare._FrameWriter.write = kill_at(11, prepare._FrameWriter.write)
+else:  # between the two renames: the old folder stepped aside, the new one not yet in place
+    os.replace = kill_at(2, os.replace)
+prepare_videos(src, out, fps=None, resize="crop", progress=False)
+"""
+
+
+@pytest.mark.parametrize("where", ["write", "publish"])
+def test_killed_update_keeps_the_old_folder(tmp_path, where):
+    src = make_folder(tmp_path / "src", {"a.mkv": 8, "b.mkv": 8})
+    out = tmp_path / "out"
+    first = prepare_videos(src, out, fps=None, progress=False)
+    before = tree_state(out)
+    run = subprocess.run([sys.executable, "-c", KILLED_RUN, where, str(src), str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == -9, run.stderr
+    left = leftovers(tmp_path, out)
+    if where == "write":
+        assert tree_state(out) == before and load_manifest(out) == first
+        assert len(left) == 1 and left[0].startswith(".out.tmp-")
+    else:  # both complete folders are on disk, the old one under its hidden name
+        assert not out.exists() and [n.split("-")[0] for n in left] == [".out.old", ".out.tmp"]
+        assert tree_state(tmp_path / left[0]) == before
+        assert (tmp_path / left[1] / "manifest.json").is_file()
+    # the next run clears the leftovers and puts the old folder back: with the old
+    # settings, nothing to do and nothing touched (the very same files)
+    assert prepare_videos(src, out, fps=None, progress=False) == first
+    assert tree_state(out) == before and not leftovers(tmp_path, out)
+
+
+def test_sweep_puts_back_only_a_dead_runs_old_folder(tmp_path):
+    out = tmp_path / "out"
+    dead, alive = 2**22 + 12345, os.getpid()  # a pid far above any live one, and ours
+    for name in (f".out.old-{dead}-ab", f".out.tmp-{dead}-ab", f".out.tmp-{alive}-cd", ".out.notes"):
+        (tmp_path / name).mkdir()
+    publish.sweep(out)
+    assert out.is_dir() and leftovers(tmp_path, out) == [".out.notes", f".out.tmp-{alive}-cd"]
+    (tmp_path / f".out.old-{dead}-ef").mkdir()
+    publish.sweep(out)  # ``out`` exists: a dead run's old folder is just removed
+    assert out.is_dir() and leftovers(tmp_path, out) == [".out.notes", f".out.tmp-{alive}-cd"]
 
 
 def test_list_videos_sorted_non_recursive(tmp_path):
@@ -592,6 +675,16 @@ def test_windows_deterministic_by_seed_and_index(prepared):
     first = next(iter(loader))
     assert torch.equal(first["frames"], a.get_batch(range(4))["frames"])
     assert VideoFrames.channels == 3 and len(a) == 100
+
+
+def test_windows_are_todays_draws(prepared):
+    """The per-item seeding (indpred.data.seeding) draws what it drew before it was shared."""
+    train = VideoFrames(prepared, seq_len=3, seed=7, length=100)
+    test = VideoFrames(prepared, split="test", seq_len=3, seed=7, length=100)
+    assert [train.window(i) for i in range(8)] == [(2, 5), (2, 1), (2, 6), (1, 5), (1, 0), (1, 6), (1, 4),
+                                                   (0, 1)]
+    assert [test.window(i) for i in range(8)] == [(3, 4), (3, 0), (3, 3), (3, 2), (3, 4), (3, 0), (3, 1),
+                                                  (3, 1)]
 
 
 def test_single_video_windows_respect_the_time_split(tmp_path):

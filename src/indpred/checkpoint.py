@@ -76,7 +76,8 @@ def save_checkpoint(
         kept = f"; {previous.name} is intact (the last good checkpoint)" if previous else ""
         reason = getattr(e, "strerror", None) or str(e)
         raise UserError(f"cannot write checkpoint {final.name} into {checkpoints_dir}: {reason} "
-                        f"(disk full or not writable?){kept}; make room, then continue with --resume") from None
+                        f"(disk full or not writable?){kept}; make room, then continue with "
+                        "--resume") from None
     for old in list_checkpoints(checkpoints_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from torch import Tensor
 
 from indpred.data.batched import BatchedDataset, check_int
 from indpred.data.mnist import load_digits
+from indpred.data.seeding import check_split, item_rng
 from indpred.errors import UserError
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "INTEGER_MAX_SPEED",
     "KINEMATICS",
     "STANDARD_SPEED",
+    "Draws",
     "MovingMNIST",
     "bounce",
     "render",
@@ -54,7 +57,14 @@ INTEGER_MAX_SPEED = 4
 """Integer (SVG/DrNet) kinematics draw each velocity component from {-4..4}."""
 
 KINEMATICS = ("standard", "integer")
-_SPLIT_CODES = {"train": 0, "test": 1}  # second word of the per-item SeedSequence
+
+
+class Draws(NamedTuple):
+    """The random draws of B sequences, all that differs between them: CPU tensors, cheap to pickle."""
+
+    pool: Tensor  # (B, D) int64: each digit's index into the split's digit pool
+    p0: Tensor  # (B, D, 2) float64: start positions (row, col)
+    v0: Tensor  # (B, D, 2) float64: start velocities, pixels per frame
 
 
 def bounce(p0: Tensor, v0: Tensor, T: int, L: float) -> tuple[Tensor, Tensor]:
@@ -165,6 +175,11 @@ class MovingMNIST(BatchedDataset):
     Items are dicts: ``frames`` float32 (T, C, H, W) in [0, 1]; ``positions`` and
     ``velocities`` float32 (T, n_digits, 2), per the module docstring's conventions;
     ``labels`` int64 (n_digits,).
+
+    On a GPU the frames can be made there: :meth:`draw_batch` makes the few random
+    numbers of each sequence on the CPU (in DataLoader workers) and :meth:`render_draws`
+    turns them into frames on the device; ``get_batch(indices, device=...)`` does both.
+    The frames are the same as the CPU's.
     """
 
     def __init__(
@@ -180,8 +195,7 @@ class MovingMNIST(BatchedDataset):
         length: int = 100_000,
         source: str | Path | None = None,
     ) -> None:
-        if split not in _SPLIT_CODES:
-            raise UserError(f"unknown split {split!r}: use 'train' or 'test'")
+        check_split(split)
         if kinematics not in KINEMATICS:
             raise UserError(f"unknown kinematics {kinematics!r}: use 'standard' or 'integer'")
         self.n_digits = check_int("n_digits", n_digits, 1, 3)
@@ -194,40 +208,75 @@ class MovingMNIST(BatchedDataset):
         self.colour = bool(colour)
         self.max_position = self.image_size - DIGIT_SIZE  # L
         self._images, self._labels = load_digits(split, source)  # (N, 28, 28) uint8, (N,)
+        self._pools: dict[torch.device, tuple[Tensor, Tensor]] = {}  # device: (digit pool, 255.0)
 
     @property
     def channels(self) -> int:
         """C: 3 in colour mode, 1 in grayscale."""
         return 3 if self.colour else 1
 
-    def get_batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
+    def get_batch(self, indices: Sequence[int],
+                  device: torch.device | str | None = None) -> dict[str, Tensor]:
         """Items ``indices`` stacked on a leading batch dimension, rendered in one go.
 
         Returns frames (B, T, C, H, W), positions and velocities (B, T, n_digits, 2),
-        labels (B, n_digits); exactly the stacked ``self[i]``.
+        labels (B, n_digits); exactly the stacked ``self[i]``. With ``device`` the frames
+        are rendered there (:meth:`render_draws`; the same values) and the ground truth
+        stays on the CPU.
         """
-        if len(indices) == 0:
-            raise UserError("get_batch needs at least one index")
-        draws = [self._draw(self._check_index(i)) for i in indices]
-        pool_idx = np.stack([d[0] for d in draws])  # (B, D)
-        p0 = torch.from_numpy(np.stack([d[1] for d in draws]))  # (B, D, 2) float64
-        v0 = torch.from_numpy(np.stack([d[2] for d in draws]))  # (B, D, 2) float64
-        positions, velocities = bounce(p0, v0, self.seq_len, self.max_position)  # (B, T, D, 2)
-        positions = positions.float()  # render from the float32 values we return
-        velocities = velocities.float()
-        digits = torch.from_numpy(self._images[pool_idx]).float().div_(255.0)  # (B, D, 28, 28)
-        frames = render(digits, positions, image_size=self.image_size, colour=self.colour)
+        draws = self.draw_batch(indices)
+        positions, velocities = self._motion(draws)  # (B, T, D, 2) float32
+        if device is None:
+            digits = torch.from_numpy(self._images[draws.pool.numpy()]).float().div_(255.0)  # (B, D, 28, 28)
+            frames = render(digits, positions, image_size=self.image_size, colour=self.colour)
+        else:
+            frames = self._render_on(torch.device(device), draws.pool, positions)
         return {
             "frames": frames,  # (B, T, C, H, W)
             "positions": positions,  # (B, T, D, 2)
             "velocities": velocities,  # (B, T, D, 2)
-            "labels": torch.from_numpy(self._labels[pool_idx]),  # (B, D) int64
+            "labels": torch.from_numpy(self._labels[draws.pool.numpy()]),  # (B, D) int64
         }
+
+    def draw_batch(self, indices: Sequence[int]) -> Draws:
+        """The random draws of items ``indices``, made on the CPU (cheap: for DataLoader workers,
+        the frames then made by :meth:`render_draws` on the training device)."""
+        if len(indices) == 0:
+            raise UserError("get_batch needs at least one index")
+        drawn = [self._draw(self._check_index(i)) for i in indices]
+        pool, p0, v0 = (torch.from_numpy(np.stack([d[j] for d in drawn])) for j in range(3))
+        return Draws(pool, p0, v0)  # (B, D), (B, D, 2), (B, D, 2)
+
+    def render_draws(self, draws: Draws | tuple[Tensor, Tensor, Tensor],
+                     device: torch.device | str) -> Tensor:
+        """The frames (B, T, C, H, W) of :meth:`draw_batch`'s ``draws``, rendered on ``device``.
+
+        The motion is computed on the CPU (:func:`bounce`, a few numbers per sequence)
+        and the pixels on ``device`` (:func:`render`) from the digit pool, copied there
+        once and kept; they equal ``get_batch``'s frames.
+        """
+        draws = Draws(*draws)
+        positions, _ = self._motion(draws)
+        return self._render_on(torch.device(device), draws.pool, positions)
+
+    def _motion(self, draws: Draws) -> tuple[Tensor, Tensor]:
+        """Positions and velocities (B, T, D, 2) float32 on the CPU, from the draws' start state."""
+        positions, velocities = bounce(draws.p0, draws.v0, self.seq_len, self.max_position)  # float64
+        return positions.float(), velocities.float()  # render from the float32 values we return
+
+    def _render_on(self, device: torch.device, pool: Tensor, positions: Tensor) -> Tensor:
+        """Frames (B, T, C, H, W) on ``device`` of the digits ``pool`` (B, D) at ``positions`` (CPU)."""
+        if device not in self._pools:
+            images = torch.from_numpy(self._images.copy()).to(device)  # (N, 28, 28) uint8
+            self._pools[device] = images, torch.tensor(255.0, device=device)  # a tensor: exact on CUDA too
+        images, levels = self._pools[device]
+        digits = images[pool.to(device)].float() / levels  # (B, D, 28, 28)
+        positions = positions.to(device, non_blocking=True)
+        return render(digits, positions, image_size=self.image_size, colour=self.colour)
 
     def _draw(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Item ``index``'s random draws: pool indices (D,), p0 (D, 2), v0 (D, 2) float64."""
-        ss = np.random.SeedSequence([self.seed, _SPLIT_CODES[self.split], index])
-        rng = np.random.Generator(np.random.PCG64(ss))
+        rng = item_rng(self.seed, self.split, index)
         D, L = self.n_digits, self.max_position
         pool_idx = rng.integers(0, len(self._images), size=D)  # (D,)
         if self.kinematics == "standard":
@@ -239,6 +288,11 @@ class MovingMNIST(BatchedDataset):
             v0 = rng.integers(-INTEGER_MAX_SPEED, INTEGER_MAX_SPEED + 1, size=(D, 2))
             v0 = v0.astype(np.float64)
         return pool_idx, p0, v0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_pools"] = {}  # device copies of the digit pool are made again where needed
+        return state
 
     def __repr__(self) -> str:
         return (
