@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,44 +52,24 @@ def encode_video(
         ``mean`` float32 (T, K, d), ``var`` float32 (T, K, d), ``timestamps`` float64
         (T,): seconds since the video's first decoded frame, increasing.
     """
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise UserError(f"chunk must be an integer >= 1, got {chunk!r}")
-    cfg = model.config
-    if size != cfg.image_size:
-        raise UserError(f"size must be {cfg.image_size} (the model's input), got {size}")
-    if cfg.channels != 3:
-        raise UserError(f"this model takes {cfg.channels}-channel frames; video frames are RGB (3 channels): "
-                        "encode with a model trained on colour data")
+    _check_encodable(model, size, chunk)
     dev = resolve_device(device)
-    reader = VideoReader(path, fps=fps, size=size, resize=resize)
-    K, d = cfg.factors, cfg.factor_dim
+    K, d = model.config.factors, model.config.factor_dim
     means: list[np.ndarray] = []
     variances: list[np.ndarray] = []
     times: list[float] = []
-    buffer: list[np.ndarray] = []
     state: torch.Tensor | None = None  # (1, K, d): the last posterior mean so far
-
-    def flush() -> None:
-        nonlocal state
-        x = frames_to_tensor(np.stack(buffer))[None].to(dev)  # (1, n, 3, H, W)
-        mean, var = model.encode(x, initial=state)  # (1, n, K, d) each
-        state = mean[:, -1]
-        means.append(mean[0].cpu().numpy())
-        variances.append(var[0].cpu().numpy())
-        buffer.clear()
-
     was_training = model.training
     model.to(dev).eval()
     bar = tqdm(desc=Path(path).name, unit="frame", disable=not progress, leave=False, dynamic_ncols=True)
     try:
-        for t, frame in reader:
-            buffer.append(frame)
-            times.append(t)
-            bar.update(1)
-            if len(buffer) == chunk:
-                flush()
-        if buffer:
-            flush()
+        for stamps, frames in _chunks(VideoReader(path, fps=fps, size=size, resize=resize), chunk, bar):
+            x = frames_to_tensor(frames)[None].to(dev)  # (1, n, 3, H, W)
+            mean, var = model.encode(x, initial=state)  # (1, n, K, d) each
+            state = mean[:, -1]
+            means.append(mean[0].cpu().numpy())
+            variances.append(var[0].cpu().numpy())
+            times.extend(stamps)
     finally:
         bar.close()
         model.train(was_training)
@@ -97,6 +78,34 @@ def encode_video(
         "var": np.concatenate(variances).astype(np.float32, copy=False).reshape(-1, K, d),  # (T, K, d)
         "timestamps": np.asarray(times, dtype=np.float64),  # (T,)
     }
+
+
+def _check_encodable(model: FactoredVAE, size: int, chunk: int) -> None:
+    """Refuse (one line) a chunk length, frame size or channel count the model cannot take."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise UserError(f"chunk must be an integer >= 1, got {chunk!r}")
+    cfg = model.config
+    if size != cfg.image_size:
+        raise UserError(f"size must be {cfg.image_size} (the model's input), got {size}")
+    if cfg.channels != 3:
+        raise UserError(f"this model takes {cfg.channels}-channel frames; video frames are RGB (3 channels): "
+                        "encode with a model trained on colour data")
+
+
+def _chunks(reader: Iterable[tuple[float, np.ndarray]], chunk: int,
+            bar: tqdm) -> Iterator[tuple[list[float], np.ndarray]]:
+    """The reader's (timestamp, frame) pairs, ``chunk`` at a time: (timestamps, frames (n, H, W, 3))."""
+    stamps: list[float] = []
+    frames: list[np.ndarray] = []
+    for t, frame in reader:
+        stamps.append(t)
+        frames.append(frame)
+        bar.update(1)
+        if len(frames) == chunk:
+            yield stamps, np.stack(frames)
+            stamps, frames = [], []
+    if frames:
+        yield stamps, np.stack(frames)
 
 
 def run_video_settings(config: Any, fps: float | None = None) -> dict[str, Any]:
