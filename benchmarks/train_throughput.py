@@ -8,7 +8,7 @@ on the same frames and noise:
   flags say (precision, channels-last, compilation, activation checkpointing);
 * ``floor``: the encoder and the generator alone, forward and backward, executing the
   same way: what no implementation of the model can beat;
-* ``naive``: the same model computed naively (``indpred.model.naive``: image networks
+* ``naive``: the same model computed naively (``indpred.testing.naive``: image networks
   once per time step, a Python loop over factors; float32, eager), with its Adam step;
 
 and prints the median frames/s of each and the ratios model/floor and model/naive
@@ -42,7 +42,7 @@ from collections.abc import Callable
 import torch
 
 from indpred.config import RunConfig, apply_overrides, get_preset
-from indpred.model.naive import naive_sequence_elbo
+from indpred.testing.naive import naive_sequence_elbo
 from indpred.train import forward_backward, make_model, make_trainer
 from machine import cpu_model  # benchmarks/machine.py (scripts run from this folder)
 

@@ -15,8 +15,8 @@ from indpred.config import ModelConfig, RunConfig, apply_overrides
 from indpred.data import MovingMNIST
 from indpred.errors import UserError
 from indpred.model import FactoredVAE
-from indpred.model.naive import naive_sequence_elbo, naive_transition
 from indpred.objective import sequence_elbo
+from indpred.testing.naive import naive_sequence_elbo, naive_transition
 from indpred.train import step_batches
 
 
@@ -39,11 +39,10 @@ def grads(model: FactoredVAE, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     return dict(zip(names, torch.autograd.grad(loss, params)))
 
 
-@pytest.mark.parametrize("mode,posterior,iters", [("state", "paper", 1), ("none", "paper", 1),
-                                                  ("state", "attention", 1), ("state", "attention", 2)])
-def test_vectorised_model_equals_the_naive_reference(mode, posterior, iters):
+@pytest.mark.parametrize("mode", ["state", "none"])
+def test_vectorised_model_equals_the_naive_reference(mode):
     torch.manual_seed(0)
-    config = small(posterior_prior_grad=mode, posterior=posterior, attention_iters=iters, attention_dim=8)
+    config = small(posterior_prior_grad=mode)
     model = with_running_statistics(FactoredVAE(config))
     frames = torch.rand(2, 5, 3, 64, 64)
     noise = torch.randn(2, 5, 3, 4)

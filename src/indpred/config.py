@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,45 +17,37 @@ from typing import Any
 from indpred.errors import UserError
 
 
+def channels(base: int, width: float) -> int:
+    """Conv channel count ``base`` scaled by the width multiplier ``model.width`` (at least 1)."""
+    return max(1, round(base * width))
+
+
 @dataclass
 class ModelConfig:
     """The factored temporal VAE (SPEC §1). ``factors=1`` is the entangled baseline."""
 
+    # The latent state: K factors of d units each.
     factors: int = 2  # K
     factor_dim: int = 16  # d, units per factor
+    # The frames.
     channels: int = 3  # C; derived from the data when the data says (see RunConfig.resolve)
     image_size: int = 64  # the DCGAN nets are built for 64 x 64
+    # The networks' sizes.
     width: float = 1.0  # multiplier of the conv channel widths (1.0 = the paper's 64..512)
-    obs_var: float = 0.25  # σ_x², fixed observation variance of p(x_t | z_t)
     enc_dim: int = 32  # output units of the image encoder
     transition_hidden: int = 128  # hidden units of each factor's transition MLP
     transition_layers: int = 4  # hidden layers of each factor's transition MLP
+    # The likelihood p(x_t | z_t) = N(g(z_t), σ_x² I).
+    obs_var: float = 0.25  # σ_x², fixed
+    # Choices the paper left open (docs/DESIGN.md).
     # How the posterior's view of the prior prediction passes gradients:
     # "state": transition weights frozen on that path, gradient still reaches z_{t-1};
     # "none":  the prediction is detached outright.
     posterior_prior_grad: str = "state"
-    decoder_output: str = "sigmoid"  # final activation of the pixel means: "sigmoid" | "linear"
     # The generator's layout: "shared" (the paper's: one network over all K·d units) or
     # "per-factor" (beyond the paper: each factor renders its own image, the K images are
-    # added before the final activation; same channel widths in all, split between factors).
+    # added before the final sigmoid; same channel widths in all, split between factors).
     decoder: str = "shared"
-    # How the per-factor images combine before the final activation: "sum" of the logits, or
-    # "logsumexp" (a soft union: at each pixel the factor drawing most strongly takes most of
-    # the gradient, so two factors sharing one digit is no cheaper than one factor drawing it).
-    compose: str = "sum"
-    # The generator's output bias at initialisation: "default" (PyTorch's) or "data-mean"
-    # (set from a fixed sample of training frames so that the first pixel means are the data's
-    # per-channel mean: training starts at the background instead of at grey).
-    output_init: str = "default"
-    # The approximate posterior: "paper" (SPEC §1: one combiner over the whole encoded frame)
-    # or "attention" (beyond the paper: the encoder keeps its 8 x 8 feature map, and slots,
-    # each owned by one factor and steered by that factor's prediction, compete for its
-    # locations; a slot reads only the centroid and the mean features of what it won, so
-    # a factor that spreads over two objects sees their blend, not both).
-    posterior: str = "paper"
-    slots: int = 0  # attention slots in all, a multiple of K (0: one per factor)
-    attention_dim: int = 32  # width of the attention's keys, queries and value features
-    attention_iters: int = 1  # rounds of attention per frame; each refines the queries
     logvar_min: float = -10.0  # soft bounds on every predicted log-variance
     logvar_max: float = 5.0
     # Bookkeeping only (the networks ignore it): for an entangled twin, the K of the
@@ -64,11 +57,6 @@ class ModelConfig:
     @property
     def z_dim(self) -> int:
         return self.factors * self.factor_dim
-
-    @property
-    def slot_count(self) -> int:
-        """Attention slots in all (``slots``, or one per factor when it is 0)."""
-        return self.slots or self.factors
 
 
 @dataclass
@@ -90,23 +78,20 @@ class DataConfig:
 class TrainConfig:
     """Optimisation and bookkeeping."""
 
+    # Length and batch.
     steps: int = 20_000
     batch_size: int = 32  # sequences per step and per process: under torchrun the global batch is R·B
-    lr: float = 3e-4  # Adam; the authors' code used 3e-4
+    # The optimiser: Adam, β₁ = 0.9.
+    lr: float = 3e-4  # the authors' code used 3e-4
     adam_beta2: float = 0.999  # Adam's second-moment decay (smaller: forgets early large gradients sooner)
     lr_decay: float = 1.0  # multiply the learning rate by this every lr_decay_every steps
     lr_decay_every: int = 1000
-    kl_warmup: int = 0  # steps over which the KL weight ramps linearly from 0 to 1 (0: off)
-    # Steps over which the reparameterisation noise ramps linearly from 0 to its full scale
-    # (0: off). Early on the generator then sees the posterior means, so no latent unit is
-    # ignored for being noise before the encoder has put anything in it; the training ELBO
-    # logged meanwhile is not a bound (the test ELBO always is).
-    noise_warmup: int = 0
-    # "Free bits" (Kingma et al. 2016): each factor's batch-mean KL (nats per frame) below this
-    # is not penalised, so no factor can settle into carrying nothing (0: off; the ELBO logged
-    # and evaluated is always the true one).
-    free_bits: float = 0.0
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: off)
+    # The objective; the ELBO logged and evaluated is always the true one.
+    kl_warmup: int = 0  # steps over which the KL weight ramps linearly from 0 to 1 (0: off)
+    # "Free bits" (Kingma et al. 2016): each factor's batch-mean KL (nats per frame) below this
+    # is not penalised, so no factor can settle into carrying nothing (0: off).
+    free_bits: float = 0.0
     # Starting over when a factor is still dormant (beyond the paper; 0: off). At step
     # ``dormant_check`` every factor's KL (nats per frame, the mean of the last 100 steps) must
     # have reached ``dormant_nats``; if one has not, it carries (nearly) nothing while another
@@ -116,11 +101,14 @@ class TrainConfig:
     dormant_check: int = 0
     dormant_nats: float = 4.0
     dormant_restarts: int = 2
+    # Robustness and reproducibility.
     max_bad_steps: int = 20  # stop after this many non-finite steps in a row (each is skipped)
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resumes on GPU)
     seed: int = 0  # seed of parameters and of the reparameterisation noise
+    # Where it runs.
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     threads: int = 0  # torch CPU threads (0: torch's default)
+    # Logs, test ELBO and checkpoints.
     log_every: int = 10
     eval_every: int = 500  # steps between test-set ELBO evaluations (0: only at the end)
     checkpoint_every: int = 500  # steps between checkpoints (0: only at the end)
@@ -152,7 +140,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are refused, missing ones take defaults."""
+        """Inverse of :meth:`to_dict`; unknown keys are refused, missing ones take defaults.
+
+        An option removed since (:data:`REMOVED`) is ignored where it holds the value under
+        which it changed nothing, and refused with one line where it holds another.
+        """
         sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
         if not isinstance(d, dict) or not all(isinstance(d.get(n, {}), dict) for n in sections):
             raise UserError("a config must be a JSON object with sections model, data, train")
@@ -161,7 +153,7 @@ class RunConfig:
             raise UserError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(sections)}")
         kwargs: dict[str, Any] = {"preset": str(d.get("preset", "custom"))}
         for name, klass in sections.items():
-            values = d.get(name, {})
+            values = {k: v for k, v in d.get(name, {}).items() if not _removed_but_inert(name, k, v)}
             names = {f.name for f in dataclasses.fields(klass)}
             bad = set(values) - names
             if bad:
@@ -182,7 +174,7 @@ class RunConfig:
     def load(cls, path: Path) -> RunConfig:
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: bad JSON, or an integer of > 4300 digits
             raise UserError(f"cannot read config {path}: {e}") from None
 
     def resolve(self) -> RunConfig:
@@ -193,6 +185,35 @@ class RunConfig:
             self.model.channels = 3
         validate(self)
         return self
+
+
+# Options removed after commit REMOVED_AFTER (docs/DESIGN.md, "Removed options"), each with the
+# value under which it changed nothing, so that a config.json written before still loads.
+REMOVED_AFTER = "e670eff"
+_REMOVED_HINT = f"was removed from indpred after {REMOVED_AFTER}; check out that commit to use it"
+_READ_BY_ATTENTION = object()  # read only by model.posterior="attention": inert whatever its value
+REMOVED: dict[str, dict[str, Any]] = {
+    "model": {"decoder_output": "sigmoid", "compose": "sum", "output_init": "default",
+              "posterior": "paper", "slots": _READ_BY_ATTENTION, "attention_dim": _READ_BY_ATTENTION,
+              "attention_iters": _READ_BY_ATTENTION},
+    "train": {"noise_warmup": 0},
+}
+
+
+def _removed_but_inert(section: str, name: str, value: Any) -> bool:
+    """Whether ``section.name`` is a removed option holding its inert value (to be ignored).
+
+    A removed option holding any other value is refused: the run it describes cannot be redone.
+    (The attention posterior's own sizes are inert whatever they are: an entangled twin wrote
+    its K there, and without ``model.posterior=attention``, itself refused, nothing read them.)
+    """
+    removed = REMOVED.get(section, {})
+    if name not in removed:
+        return False
+    inert = removed[name]
+    if inert is not _READ_BY_ATTENTION and (value != inert or type(value) is not type(inert)):
+        raise UserError(f"{section}.{name}={value!r} {_REMOVED_HINT}")
+    return True
 
 
 def _check_type(key: str, value: Any, default: Any) -> None:
@@ -212,7 +233,7 @@ def validate(cfg: RunConfig) -> None:
     checks: list[tuple[bool, str]] = [
         (m.factors >= 1, f"model.factors must be >= 1, got {m.factors}"),
         (m.factor_dim >= 1, f"model.factor_dim must be >= 1, got {m.factor_dim}"),
-        (m.width > 0, f"model.width must be > 0, got {m.width}"),
+        (m.width > 0 and math.isfinite(m.width), f"model.width must be > 0 and finite, got {m.width}"),
         (m.obs_var > 0, f"model.obs_var (σ_x²) must be > 0, got {m.obs_var}"),
         (m.channels >= 1, f"model.channels must be >= 1, got {m.channels}"),
         (m.image_size == 64, f"model.image_size must be 64 (the DCGAN nets), got {m.image_size}"),
@@ -220,20 +241,8 @@ def validate(cfg: RunConfig) -> None:
         (m.transition_layers >= 1, f"model.transition_layers must be >= 1, got {m.transition_layers}"),
         (m.posterior_prior_grad in ("state", "none"),
          f"model.posterior_prior_grad must be 'state' or 'none', got {m.posterior_prior_grad!r}"),
-        (m.decoder_output in ("sigmoid", "linear"),
-         f"model.decoder_output must be 'sigmoid' or 'linear', got {m.decoder_output!r}"),
         (m.decoder in ("shared", "per-factor"),
          f"model.decoder must be 'shared' or 'per-factor', got {m.decoder!r}"),
-        (m.compose in ("sum", "logsumexp"),
-         f"model.compose must be 'sum' or 'logsumexp', got {m.compose!r}"),
-        (m.output_init in ("default", "data-mean"),
-         f"model.output_init must be 'default' or 'data-mean', got {m.output_init!r}"),
-        (m.posterior in ("paper", "attention"),
-         f"model.posterior must be 'paper' or 'attention', got {m.posterior!r}"),
-        (m.slots >= 0 and m.slots % max(m.factors, 1) == 0,
-         f"model.slots must be 0 or a multiple of model.factors ({m.factors}), got {m.slots}"),
-        (m.attention_dim >= 1 and m.attention_iters >= 1,
-         "model.attention_dim and model.attention_iters must be >= 1"),
         (m.logvar_min < m.logvar_max, "model.logvar_min must be below model.logvar_max"),
         (m.twin_factors >= 0, f"model.twin_factors must be >= 0, got {m.twin_factors}"),
         (d.dataset in ("mmnist", "video"), f"data.dataset must be 'mmnist' or 'video', got {d.dataset!r}"),
@@ -248,8 +257,8 @@ def validate(cfg: RunConfig) -> None:
         (0 < t.adam_beta2 < 1, f"train.adam_beta2 must be in (0, 1), got {t.adam_beta2}"),
         (0 < t.lr_decay <= 1, f"train.lr_decay must be in (0, 1], got {t.lr_decay}"),
         (t.lr_decay_every >= 1, f"train.lr_decay_every must be >= 1, got {t.lr_decay_every}"),
-        (t.kl_warmup >= 0 and t.noise_warmup >= 0 and t.grad_clip >= 0 and t.free_bits >= 0,
-         "train.kl_warmup, train.noise_warmup, train.grad_clip and train.free_bits must be >= 0"),
+        (t.kl_warmup >= 0 and t.grad_clip >= 0 and t.free_bits >= 0,
+         "train.kl_warmup, train.grad_clip and train.free_bits must be >= 0"),
         (t.dormant_check >= 0 and t.dormant_nats >= 0 and t.dormant_restarts >= 0,
          "train.dormant_check, train.dormant_nats and train.dormant_restarts must be >= 0"),
         (t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}"),
@@ -272,13 +281,83 @@ def validate(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    _check_sizes(m)
+
+
+# ---------------------------------------------------------------------------- sizes
+
+MAX_TENSOR = 2**31  # numbers in one parameter tensor
+# Numbers in all parameters: 32 GiB of float32, 128 GiB with their gradients and Adam's two moments.
+MAX_PARAMETERS = 2**33
+# The keys that each network's sizes follow (model.channels comes from the data).
+SIZE_KEYS = {
+    "encoder": ("width", "enc_dim"),
+    "posterior": ("factors", "factor_dim", "enc_dim"),
+    "transition": ("factors", "factor_dim", "transition_hidden", "transition_layers"),
+    "decoder": ("factors", "factor_dim", "width"),
+}
+
+
+def parameter_sizes(m: ModelConfig) -> dict[str, list[tuple[int, int]]]:
+    """The parameter tensors of the model ``m`` describes, in closed form, without building it.
+
+    ``{network: [(numbers in one tensor, how many such tensors), ...]}`` for the encoder,
+    posterior, transition and decoder of :class:`~indpred.model.FactoredVAE` (tested against
+    the model); exact integers however large the sizes are.
+    """
+    K, d, C, E = m.factors, m.factor_dim, m.channels, m.enc_dim
+    z, h, L = K * d, m.transition_hidden, m.transition_layers
+    e1, e2, e3, e4 = (channels(b, m.width) for b in (64, 128, 256, 512))
+    G = K if m.decoder == "per-factor" else 1
+    g1, g2, g3, g4 = (G * channels(b, m.width / G) for b in (512, 256, 128, 64))
+    return {
+        # Four 4 x 4 convs, the 4 x 4 conv to enc_dim and its bias, batch norms' scales and shifts.
+        "encoder": [(16 * C * e1, 1), (16 * e1 * e2, 1), (16 * e2 * e3, 1), (16 * e3 * e4, 1),
+                    (16 * e4 * E, 1), (E, 1), *((c, 2) for c in (e1, e2, e3, e4))],
+        # from_x; from_mean, from_std and the two heads; joint; the six biases.
+        "posterior": [(E * z, 1), (z * z, 4), (3 * z * z, 1), (z, 6)],
+        # K stacked MLPs d → h (L hidden layers) → 2d: weights, then biases.
+        "transition": [(K * d * h, 1), (K * h * h, L - 1), (K * h * 2 * d, 1), (K * h, L), (K * 2 * d, 1)],
+        # The linear layer (block-diagonal when G > 1) and its bias; five grouped 4 x 4 transposed
+        # convs, the last with a bias; batch norms' scales and shifts.
+        "decoder": [(z * z // G, 1), (z, 1), (16 * z * g1 // G, 1), (16 * g1 * g2 // G, 1),
+                    (16 * g2 * g3 // G, 1), (16 * g3 * g4 // G, 1), (16 * g4 * C, 1), (G * C, 1),
+                    *((c, 2) for c in (g1, g2, g3, g4))],
+    }
+
+
+def _check_sizes(m: ModelConfig) -> None:
+    """Refuse a model whose parameters cannot be allocated, with the keys to lower."""
+
+    def lower(network: str) -> str:
+        keys = SIZE_KEYS[network]
+        grown = [k for k in keys if getattr(m, k) > getattr(ModelConfig, k)] or keys
+        return "lower " + " or ".join(f"model.{k} ({getattr(m, k)})" for k in grown)
+
+    def count(n: int) -> str:
+        return f"{n:.3g}" if n < 10**300 else "more than 1e300"
+
+    if m.width >= MAX_TENSOR:  # no conv could be built; also keeps the channel counts finite
+        raise UserError(f"model sizes too large: model.width={m.width} would make every conv "
+                        "too large to allocate; lower model.width")
+    sizes = parameter_sizes(m)
+    for network, tensors in sizes.items():
+        largest = max(n for n, _ in tensors)
+        if largest > MAX_TENSOR:
+            raise UserError(f"model sizes too large: the {network} would have a tensor of "
+                            f"{count(largest)} numbers (at most 2**31 = {MAX_TENSOR:.3g}); {lower(network)}")
+    totals = {network: sum(n * k for n, k in tensors) for network, tensors in sizes.items()}
+    if sum(totals.values()) > MAX_PARAMETERS:
+        network = max(totals, key=lambda name: totals[name])
+        raise UserError(f"model sizes too large: the model would have {count(sum(totals.values()))} "
+                        f"parameters (at most 2**33 = {MAX_PARAMETERS:.3g}: 128 GiB to train with "
+                        f"Adam), most of them in the {network}; {lower(network)}")
 
 
 def entangled(cfg: RunConfig) -> RunConfig:
     """The entangled twin: one factor holding all K·d units; nothing else differs."""
     twin = RunConfig.from_dict(cfg.to_dict())
     twin.model.factor_dim = cfg.model.z_dim
-    twin.model.slots = cfg.model.slot_count  # the same attention slots, all owned by one factor
     twin.model.twin_factors = cfg.model.factors
     twin.model.factors = 1
     return twin
@@ -407,6 +486,9 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected key=value, e.g. --set model.factors=4")
         key, raw = (s.strip() for s in item.split("=", 1))
+        for removed in (f"{n}.{name}" for n, names in REMOVED.items() for name in names):
+            if key in (removed, removed.split(".")[1]):
+                raise UserError(f"--set {item}: {removed} {_REMOVED_HINT}")
         if "." in key:
             section_name, name = key.split(".", 1)
             section = sections.get(section_name)

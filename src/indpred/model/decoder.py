@@ -1,6 +1,7 @@
 """DCGAN generator g: the mean of the likelihood p(x_t | z_t) = N(g(z_t), σ_x² I).
 
-Input (N, z_dim) latents, N = B·T (all frames of a batch at once); output (N, C, 64, 64).
+Input (N, z_dim) latents, N = B·T (all frames of a batch at once); output (N, C, 64, 64),
+pixel means in (0, 1) (a sigmoid, like the data).
 
 Two layouts, one class (``groups``):
 - ``groups=1`` is the paper's generator: one network over the whole state z_t.
@@ -10,28 +11,20 @@ Two layouts, one class (``groups``):
   shape and its position together) is cheaper than one holding, say, every object's
   horizontal position. The K generators are one network with grouped layers: the
   channel widths are split between the factors, so the cost stays that of ``groups=1``.
-  ``compose="logsumexp"`` combines the K images by a soft maximum of their logits instead
-  of the sum (``model.compose``): a soft union, in which two factors drawing one digit
-  together gain little over one factor drawing it.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from indpred.model.layers import channels
+from indpred.config import channels
 
 
 class Decoder(nn.Module):
     """Linear, then five transposed convs from 1x1 to 64x64 (batch norm and ReLU between)."""
 
-    def __init__(
-        self, *, z_dim: int, out_channels: int, width: float = 1.0, output: str = "sigmoid",
-        groups: int = 1, compose: str = "sum",
-    ) -> None:
+    def __init__(self, *, z_dim: int, out_channels: int, width: float = 1.0, groups: int = 1) -> None:
         super().__init__()
         if z_dim % groups:
             raise ValueError(f"z_dim {z_dim} is not divisible into {groups} groups")
@@ -56,37 +49,11 @@ class Decoder(nn.Module):
             nn.ConvTranspose2d(c4, G * out_channels, 4, 2, 1, groups=G),  # G·C x 64 x 64
         )
         self.groups = G
-        self.output = output
-        self.compose = compose
 
-    @torch.no_grad()
-    def init_output(self, pixel_mean: Tensor) -> None:
-        """Set the output bias so that a generator ignoring z draws ``pixel_mean`` (C,) per channel.
-
-        Composed by ``sum``, each of the G groups gets 1/G of the logit (or of the value, for a
-        linear output); by ``logsumexp``, each gets the logit less log G.
-        """
-        last = self.net[-1]
-        if self.output == "sigmoid":
-            target = torch.logit(pixel_mean.clamp(1e-3, 1 - 1e-3))  # (C,)
-        else:
-            target = pixel_mean
-        G = self.groups
-        share = target - math.log(G) if self.compose == "logsumexp" else target / G
-        last.bias.copy_(share.repeat(G).to(last.bias))  # (G·C,)
-
-    def factor_logits(self, z: Tensor) -> Tensor:
-        """Each group's image before composition: (N, z_dim) → (N, G, C, 64, 64), float32."""
+    def forward(self, z: Tensor) -> Tensor:
         if self.groups == 1:
             h = self.fc(z)[:, :, None, None]  # (N, z_dim, 1, 1)
         else:
             h = self.fc(z[:, :, None, None])  # (N, z_dim, 1, 1), each factor's units on their own
-        return self.net(h).float().unflatten(1, (self.groups, -1))  # float32 even under autocast
-
-    def forward(self, z: Tensor) -> Tensor:
-        x = self.factor_logits(z)  # (N, G, C, 64, 64)
-        if self.compose == "logsumexp":
-            x = torch.logsumexp(x, dim=1)  # (N, C, 64, 64): a soft union of the factors' images
-        else:
-            x = x.sum(1)  # (N, C, 64, 64): the factors' images added
-        return torch.sigmoid(x) if self.output == "sigmoid" else x
+        x = self.net(h).float().unflatten(1, (self.groups, -1))  # (N, G, C, 64, 64), float32 under autocast
+        return torch.sigmoid(x.sum(1))  # (N, C, 64, 64): the factors' images added

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,23 +16,20 @@ def soft_clamp(x: Tensor, lo: float, hi: float) -> Tensor:
     return hi - F.softplus(hi - lo - F.softplus(x - lo))
 
 
-def channels(base: int, width: float) -> int:
-    """Conv channel count ``base`` scaled by the width multiplier (at least 1)."""
-    return max(1, round(base * width))
+def snapshot_buffers(net: nn.Module) -> list[Tensor]:
+    """Copies of every buffer of ``net``: batch norm's running statistics and step counters.
 
-
-class GroupedLinear(nn.Module):
-    """G independent linear maps applied at once: (B, G, in) → (B, G, out), weights (G, in, out).
-
-    One batched product instead of a loop over groups (factors or slots); each group's
-    output depends on its own input alone. Initialised like ``nn.Linear``.
+    With :func:`restore_buffers`, undoes what a forward pass in training mode did to
+    them: a recomputation under activation checkpointing, or a step that is skipped.
     """
+    return [b.clone() for b in net.buffers()]
 
-    def __init__(self, groups: int, in_features: int, out_features: int) -> None:
-        super().__init__()
-        bound = 1.0 / math.sqrt(in_features)
-        self.weight = nn.Parameter(torch.empty(groups, in_features, out_features).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(groups, out_features).uniform_(-bound, bound))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.einsum("bgi,gio->bgo", x, self.weight) + self.bias  # (B, G, out)
+def restore_buffers(net: nn.Module, snapshot: list[Tensor]) -> None:
+    """Put back the buffers of ``net`` that :func:`snapshot_buffers` copied, in place."""
+    buffers = list(net.buffers())
+    if len(buffers) != len(snapshot):
+        raise ValueError(f"a snapshot of {len(snapshot)} buffers cannot restore {len(buffers)}")
+    with torch.no_grad():
+        for b, saved in zip(buffers, snapshot):
+            b.copy_(saved)

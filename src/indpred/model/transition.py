@@ -50,18 +50,13 @@ class FactoredTransition(nn.Module):
         for b in self.biases:
             nn.init.zeros_(b)
 
-    def forward(self, z: Tensor, *, detach_params: bool = False) -> tuple[Tensor, Tensor]:
-        """Prior statistics for the next step from the state ``z`` (B, K, d).
-
-        ``detach_params`` evaluates the same function with the weights cut from the
-        graph: gradients still flow to ``z`` but never reach the transition parameters.
-        """
-        if detach_params:
-            return self.frozen()(z)
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Prior statistics for the next step from the state ``z`` (B, K, d)."""
         return self._mlp(z, list(self.weights), list(self.biases))
 
     def frozen(self) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-        """This transition with its weights detached once, to apply at many steps."""
+        """This transition with its weights detached once, to apply at many steps: gradients
+        still flow to the state ``z`` but never reach the transition parameters."""
         weights = [w.detach() for w in self.weights]
         biases = [b.detach() for b in self.biases]
         return lambda z: self._mlp(z, weights, biases)

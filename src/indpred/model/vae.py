@@ -22,7 +22,8 @@ from torch.utils.checkpoint import checkpoint
 from indpred.config import ModelConfig
 from indpred.model.decoder import Decoder
 from indpred.model.encoder import Encoder
-from indpred.model.posterior import AttentionPosterior, Posterior
+from indpred.model.layers import restore_buffers, snapshot_buffers
+from indpred.model.posterior import Posterior
 from indpred.model.transition import FactoredTransition
 
 
@@ -51,15 +52,11 @@ def _running_stats_kept(net: nn.Module) -> Iterator[None]:
     Activation checkpointing runs a network's forward a second time during backward;
     this keeps that recomputation from updating the running statistics twice.
     """
-    buffers = [b for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-               for b in m.buffers()]
-    saved = [b.clone() for b in buffers]
+    saved = snapshot_buffers(net)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for b, value in zip(buffers, saved):
-                b.copy_(value)
+        restore_buffers(net, saved)
 
 
 def _recompute_contexts(net: nn.Module) -> tuple[contextlib.AbstractContextManager, ...]:
@@ -80,24 +77,15 @@ class FactoredVAE(nn.Module):
         self.config = config
         c = config
         bounds = (c.logvar_min, c.logvar_max)
-        attention = c.posterior == "attention"
-        self.encoder = Encoder(in_channels=c.channels, width=c.width, out_dim=c.enc_dim, spatial=attention)
-        self.posterior: Posterior | AttentionPosterior
-        if attention:
-            self.posterior = AttentionPosterior(
-                feature_dim=self.encoder.out_dim, locations=self.encoder.locations,
-                factors=c.factors, factor_dim=c.factor_dim, slots=c.slot_count,
-                dim=c.attention_dim, iters=c.attention_iters, logvar_bounds=bounds,
-            )
-        else:
-            self.posterior = Posterior(enc_dim=c.enc_dim, z_dim=c.z_dim, logvar_bounds=bounds)
+        self.encoder = Encoder(in_channels=c.channels, width=c.width, out_dim=c.enc_dim)
+        self.posterior = Posterior(enc_dim=c.enc_dim, z_dim=c.z_dim, logvar_bounds=bounds)
         self.transition = FactoredTransition(
             factors=c.factors, factor_dim=c.factor_dim, hidden=c.transition_hidden,
             layers=c.transition_layers, logvar_bounds=bounds,
         )
         self.decoder = Decoder(
-            z_dim=c.z_dim, out_channels=c.channels, width=c.width, output=c.decoder_output,
-            groups=c.factors if c.decoder == "per-factor" else 1, compose=c.compose,
+            z_dim=c.z_dim, out_channels=c.channels, width=c.width,
+            groups=c.factors if c.decoder == "per-factor" else 1,
         )
         self.precision = "fp32"
         self.channels_last = False
@@ -157,24 +145,11 @@ class FactoredVAE(nn.Module):
             )
 
     def encode_frames(self, frames: Tensor) -> Tensor:
-        """Image features of every frame at once: (B, T, C, H, W) → (B, T, enc_dim).
-
-        With the attention posterior: the feature map, (B, T, L, c).
-        """
+        """Image features of every frame at once: (B, T, C, H, W) → (B, T, enc_dim)."""
         self._check_frames(frames)
         B, T = frames.shape[:2]
-        features = self._image_net(self.encoder, frames.flatten(0, 1))  # (B·T, enc_dim or L, c)
+        features = self._image_net(self.encoder, frames.flatten(0, 1))  # (B·T, enc_dim)
         return features.unflatten(0, (B, T))
-
-    def prior(self, z_prev: Tensor) -> tuple[Tensor, Tensor]:
-        """p(z_t | z_{t-1}): mean and log-variance (B, K, d) from the previous state (B, K, d)."""
-        return self.transition(z_prev)
-
-    def _posterior_input(self, z_prev: Tensor, prior_mean: Tensor, prior_logvar: Tensor):
-        """The prior prediction as the posterior sees it: parameters never updated through it."""
-        if self.config.posterior_prior_grad == "none":
-            return prior_mean.detach(), prior_logvar.detach()
-        return self.transition(z_prev, detach_params=True)  # gradient reaches z_prev only
 
     def filter(
         self,
@@ -198,7 +173,7 @@ class FactoredVAE(nn.Module):
         K, d = self.factors, self.factor_dim
         if noise is None and sample:
             noise = torch.randn(B, T, K, d, device=frames.device, generator=generator)
-        frame_part = self.posterior.frame_part(features)  # (B, T, ...), every frame at once
+        frame_part = self.posterior.frame_part(features)  # (B, T, z_dim), every frame at once
         zeros = features.new_zeros(B, K, d)
         # The prior's prediction as the posterior sees it: transition weights frozen
         # ("state": the gradient reaches z_{t-1}) or no gradient at all ("none").

@@ -40,6 +40,7 @@ from indpred.distributed import SINGLE, Ranks
 from indpred.errors import UserError
 from indpred.eval.elbo import dataset_elbo
 from indpred.fileio import write_text_atomic
+from indpred.model import restore_buffers, snapshot_buffers
 from indpred.objective import ElboTerms, training_loss
 from indpred.train.batches import step_batches
 from indpred.train.restarts import DormantWindow, abandons
@@ -255,7 +256,7 @@ class TrainingLoop:
         for group in self.trainer.optimizer.param_groups:
             group["lr"] = self.lr
         self.kl_weight = _ramp(c.step, tc.kl_warmup)
-        self.buffers = [b.clone() for b in model.buffers()]  # batch norm's statistics, for a bad step
+        self.buffers = snapshot_buffers(model)  # batch norm's statistics, restored after a bad step
         B, K, d = tc.batch_size, self.cfg.model.factors, self.cfg.model.factor_dim
         eps = torch.randn(ranks.world * B, self.cfg.data.seq_len, K, d, device=self.device,
                           generator=self.noise)  # (R·B, T, K, d): the global batch's
@@ -271,8 +272,7 @@ class TrainingLoop:
     def _skip(self) -> None:
         """A non-finite loss or gradient: no update, batch norm's statistics undone, counted."""
         c = self.counters
-        for b, saved in zip(self.trainer.model.buffers(), self.buffers):
-            b.copy_(saved)
+        restore_buffers(self.trainer.model, self.buffers)
         self.trainer.optimizer.zero_grad(set_to_none=True)
         c.skipped += 1
         c.bad_in_a_row += 1

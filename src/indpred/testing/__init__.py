@@ -1,0 +1,1 @@
+"""References for tests and benchmarks only: nothing in training, evaluation or the command uses them."""
