@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from indpred.eval.evaluate import load_metrics
+from indpred.fileio import write_text_atomic
 
 # The paper's Table 2: MI most likely in bits (the authors' code: NPEET KSG, k = 3, base 2;
 # cross-factor MI over each pair once), ELBO in nats per frame.
@@ -89,11 +90,11 @@ def separation_lines(run_dirs: list[str | Path]) -> list[str]:
 
 
 def write_comparison(run_dirs: list[str | Path], out: Path) -> tuple[str, Path, Path]:
-    """Write ``out``.md and ``out``.json; returns the Markdown and both paths."""
+    """Write ``out``.md and ``out``.json (each atomically); returns the Markdown and both paths."""
     rows = comparison_rows(run_dirs)
     md = to_markdown(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     md_path, json_path = out.with_suffix(".md"), out.with_suffix(".json")
-    md_path.write_text(md)
-    json_path.write_text(json.dumps(rows, indent=2) + "\n")
+    write_text_atomic(md_path, md)
+    write_text_atomic(json_path, json.dumps(rows, indent=2) + "\n")
     return md, md_path, json_path
