@@ -8,17 +8,16 @@ from pathlib import Path
 import pytest
 
 from indpred.config import (
-    MAX_TENSOR,
     PRESETS,
     REMOVED,
     ModelConfig,
     RunConfig,
     apply_overrides,
     get_preset,
-    parameter_sizes,
 )
 from indpred.errors import UserError
 from indpred.model import FactoredVAE
+from indpred.sizes import MAX_TENSOR, parameter_sizes
 
 OLD_CONFIG = Path(__file__).parent / "golden" / "config-e670eff.json"
 

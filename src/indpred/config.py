@@ -15,11 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from indpred.errors import UserError
-
-
-def channels(base: int, width: float) -> int:
-    """Conv channel count ``base`` scaled by the width multiplier ``model.width`` (at least 1)."""
-    return max(1, round(base * width))
+from indpred.sizes import check_sizes
 
 
 @dataclass
@@ -281,77 +277,7 @@ def validate(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    _check_sizes(m)
-
-
-# ---------------------------------------------------------------------------- sizes
-
-MAX_TENSOR = 2**31  # numbers in one parameter tensor
-# Numbers in all parameters: 32 GiB of float32, 128 GiB with their gradients and Adam's two moments.
-MAX_PARAMETERS = 2**33
-# The keys that each network's sizes follow (model.channels comes from the data).
-SIZE_KEYS = {
-    "encoder": ("width", "enc_dim"),
-    "posterior": ("factors", "factor_dim", "enc_dim"),
-    "transition": ("factors", "factor_dim", "transition_hidden", "transition_layers"),
-    "decoder": ("factors", "factor_dim", "width"),
-}
-
-
-def parameter_sizes(m: ModelConfig) -> dict[str, list[tuple[int, int]]]:
-    """The parameter tensors of the model ``m`` describes, in closed form, without building it.
-
-    ``{network: [(numbers in one tensor, how many such tensors), ...]}`` for the encoder,
-    posterior, transition and decoder of :class:`~indpred.model.FactoredVAE` (tested against
-    the model); exact integers however large the sizes are.
-    """
-    K, d, C, E = m.factors, m.factor_dim, m.channels, m.enc_dim
-    z, h, L = K * d, m.transition_hidden, m.transition_layers
-    e1, e2, e3, e4 = (channels(b, m.width) for b in (64, 128, 256, 512))
-    G = K if m.decoder == "per-factor" else 1
-    g1, g2, g3, g4 = (G * channels(b, m.width / G) for b in (512, 256, 128, 64))
-    return {
-        # Four 4 x 4 convs, the 4 x 4 conv to enc_dim and its bias, batch norms' scales and shifts.
-        "encoder": [(16 * C * e1, 1), (16 * e1 * e2, 1), (16 * e2 * e3, 1), (16 * e3 * e4, 1),
-                    (16 * e4 * E, 1), (E, 1), *((c, 2) for c in (e1, e2, e3, e4))],
-        # from_x; from_mean, from_std and the two heads; joint; the six biases.
-        "posterior": [(E * z, 1), (z * z, 4), (3 * z * z, 1), (z, 6)],
-        # K stacked MLPs d → h (L hidden layers) → 2d: weights, then biases.
-        "transition": [(K * d * h, 1), (K * h * h, L - 1), (K * h * 2 * d, 1), (K * h, L), (K * 2 * d, 1)],
-        # The linear layer (block-diagonal when G > 1) and its bias; five grouped 4 x 4 transposed
-        # convs, the last with a bias; batch norms' scales and shifts.
-        "decoder": [(z * z // G, 1), (z, 1), (16 * z * g1 // G, 1), (16 * g1 * g2 // G, 1),
-                    (16 * g2 * g3 // G, 1), (16 * g3 * g4 // G, 1), (16 * g4 * C, 1), (G * C, 1),
-                    *((c, 2) for c in (g1, g2, g3, g4))],
-    }
-
-
-def _check_sizes(m: ModelConfig) -> None:
-    """Refuse a model whose parameters cannot be allocated, with the keys to lower."""
-
-    def lower(network: str) -> str:
-        keys = SIZE_KEYS[network]
-        grown = [k for k in keys if getattr(m, k) > getattr(ModelConfig, k)] or keys
-        return "lower " + " or ".join(f"model.{k} ({getattr(m, k)})" for k in grown)
-
-    def count(n: int) -> str:
-        return f"{n:.3g}" if n < 10**300 else "more than 1e300"
-
-    if m.width >= MAX_TENSOR:  # no conv could be built; also keeps the channel counts finite
-        raise UserError(f"model sizes too large: model.width={m.width} would make every conv "
-                        "too large to allocate; lower model.width")
-    sizes = parameter_sizes(m)
-    for network, tensors in sizes.items():
-        largest = max(n for n, _ in tensors)
-        if largest > MAX_TENSOR:
-            raise UserError(f"model sizes too large: the {network} would have a tensor of "
-                            f"{count(largest)} numbers (at most 2**31 = {MAX_TENSOR:.3g}); {lower(network)}")
-    totals = {network: sum(n * k for n, k in tensors) for network, tensors in sizes.items()}
-    if sum(totals.values()) > MAX_PARAMETERS:
-        network = max(totals, key=lambda name: totals[name])
-        raise UserError(f"model sizes too large: the model would have {count(sum(totals.values()))} "
-                        f"parameters (at most 2**33 = {MAX_PARAMETERS:.3g}: 128 GiB to train with "
-                        f"Adam), most of them in the {network}; {lower(network)}")
+    check_sizes(m)
 
 
 def entangled(cfg: RunConfig) -> RunConfig:

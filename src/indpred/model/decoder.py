@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from indpred.config import channels
+from indpred.sizes import channels
 
 
 class Decoder(nn.Module):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from indpred.config import channels
+from indpred.sizes import channels
 
 
 class Encoder(nn.Module):
