@@ -1,12 +1,14 @@
 """Shapes, factor independence, the posterior's gradient path, and the batched image nets."""
 
+import itertools
+
 import pytest
 import torch
 
 from indpred.config import ModelConfig
 from indpred.model import FactoredVAE, restore_buffers, snapshot_buffers
 from indpred.model.layers import soft_clamp
-from indpred.model.transition import FactoredTransition
+from indpred.model.transition import FactoredTransition, prior_input, prior_windows
 from indpred.objective import sequence_elbo
 
 
@@ -59,6 +61,36 @@ def test_transition_factor_j_ignores_factor_i():
                     assert (block == 0).all()
                 else:
                     assert block.abs().sum() > 0
+
+
+def test_a_second_order_prior_reads_each_factors_own_two_states_only():
+    """p(z_t^k | z_{t-2}^k, z_{t-1}^k): factor k's output depends on both of factor k's states
+    and on no state of any other factor (the Jacobian's off-diagonal blocks are exactly zero)."""
+    torch.manual_seed(3)
+    K, d = 3, 2
+    tr = FactoredTransition(factors=K, factor_dim=d, hidden=8, layers=3, order=2)
+    older, last = torch.randn(2, 5, K, d).unbind(0)
+
+    def prior(older, last):
+        return tr(torch.cat([older, last], dim=-1))
+
+    jacobians = torch.autograd.functional.jacobian(prior, (older, last))  # per output, per input
+    for per_input in jacobians:
+        for jac in per_input:  # (B, K, d, B, K, d)
+            for j in range(K):
+                for i in range(K):
+                    block = jac[:, j, :, :, i, :]
+                    assert (block == 0).all() if i != j else block.abs().sum() > 0
+
+
+def test_second_order_prior_input_puts_the_older_state_first_and_zero_before_the_video():
+    a, b, c = torch.randn(3, 2, 2, 4).unbind(0)
+    assert torch.equal(prior_input([a], 2), torch.cat([torch.zeros_like(a), a], -1))
+    assert torch.equal(prior_input([a, b, c], 2), torch.cat([b, c], -1))
+    states = torch.stack([a, b, c], dim=1)  # (B, 3, K, d)
+    windows = prior_windows(states, 0, 2)  # the steps after a and after b
+    assert torch.equal(windows[:, 0], prior_input([a], 2))
+    assert torch.equal(windows[:, 1], prior_input([a, b], 2))
 
 
 def test_batched_transition_equals_one_mlp_per_factor():
@@ -173,6 +205,39 @@ def test_encoding_in_chunks_equals_encoding_in_one_piece():
     m2, v2 = model.encode(x[:, 3:], initial=m1[:, -1])
     torch.testing.assert_close(torch.cat([m1, m2], 1), whole_mean)
     torch.testing.assert_close(torch.cat([v1, v2], 1), whole_var)
+
+
+@pytest.mark.parametrize("cuts", [(3,), (1, 2, 4), (1, 2, 3, 4, 5, 6)])
+def test_second_order_encoding_in_chunks_carries_two_states(cuts):
+    """With transition_order 2 a chunk hands the next its last two means (one after a
+    one-frame first chunk): any cut gives the one-piece result; carrying one state would not."""
+    torch.manual_seed(6)
+    model = FactoredVAE(small(transition_order=2)).eval()
+    x = torch.rand(2, 7, 3, 64, 64)
+    whole_mean, whole_var = model.encode(x)
+    state, means, variances = None, [], []
+    for a, b in itertools.pairwise((0, *cuts, 7)):
+        m, v = model.encode(x[:, a:b], initial=state)
+        state = model.carry(state, m)
+        means.append(m)
+        variances.append(v)
+    torch.testing.assert_close(torch.cat(means, 1), whole_mean)
+    torch.testing.assert_close(torch.cat(variances, 1), whole_var)
+    m1, _ = model.encode(x[:, :3])
+    one_state, _ = model.encode(x[:, 3:], initial=m1[:, -1])
+    assert not torch.allclose(one_state, whole_mean[:, 3:])
+
+
+def test_second_order_rollout_continues_from_the_last_two_states():
+    torch.manual_seed(8)
+    model = FactoredVAE(small(transition_order=2)).eval()
+    z = torch.randn(2, 4, 2, 3)  # (B, T, K, d)
+    rolled = model.rollout(z, 3, sample=False)
+    older, last = z[:, -2], z[:, -1]
+    for t in range(3):
+        mean, _ = model.transition(torch.cat([older, last], -1))
+        torch.testing.assert_close(rolled[:, t], mean)
+        older, last = last, mean
 
 
 def test_per_factor_decoder_adds_one_image_per_factor():

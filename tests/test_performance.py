@@ -39,10 +39,10 @@ def grads(model: FactoredVAE, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     return dict(zip(names, torch.autograd.grad(loss, params)))
 
 
-@pytest.mark.parametrize("mode", ["state", "none"])
-def test_vectorised_model_equals_the_naive_reference(mode):
+@pytest.mark.parametrize(("mode", "order"), [("state", 1), ("none", 1), ("state", 2), ("none", 2)])
+def test_vectorised_model_equals_the_naive_reference(mode, order):
     torch.manual_seed(0)
-    config = small(posterior_prior_grad=mode)
+    config = small(posterior_prior_grad=mode, transition_order=order)
     model = with_running_statistics(FactoredVAE(config))
     frames = torch.rand(2, 5, 3, 64, 64)
     noise = torch.randn(2, 5, 3, 4)

@@ -33,6 +33,9 @@ class ModelConfig:
     enc_dim: int = 32  # output units of the image encoder
     transition_hidden: int = 128  # hidden units of each factor's transition MLP
     transition_layers: int = 4  # hidden layers of each factor's transition MLP
+    # How many previous states each factor's prior reads: 1, p(z_t^k | z_{t-1}^k), the paper's
+    # text; 2, p(z_t^k | z_{t-2}^k, z_{t-1}^k), the authors' code (it can extrapolate motion).
+    transition_order: int = 1
     # The likelihood p(x_t | z_t) = N(g(z_t), σ_x² I).
     obs_var: float = 0.25  # σ_x², fixed
     # Choices the paper left open (docs/DESIGN.md).
@@ -235,6 +238,7 @@ def validate(cfg: RunConfig) -> None:
         (m.image_size == 64, f"model.image_size must be 64 (the DCGAN nets), got {m.image_size}"),
         (m.enc_dim >= 1 and m.transition_hidden >= 1, "model.enc_dim and transition_hidden must be >= 1"),
         (m.transition_layers >= 1, f"model.transition_layers must be >= 1, got {m.transition_layers}"),
+        (m.transition_order in (1, 2), f"model.transition_order must be 1 or 2, got {m.transition_order}"),
         (m.posterior_prior_grad in ("state", "none"),
          f"model.posterior_prior_grad must be 'state' or 'none', got {m.posterior_prior_grad!r}"),
         (m.decoder in ("shared", "per-factor"),

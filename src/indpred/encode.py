@@ -3,7 +3,8 @@
 The posterior ``q(z_t | z_{t-1}, x_t)`` is run frame by frame (filtering), carrying
 the posterior mean forward, so the result is deterministic. Frames are decoded as a
 stream and encoded in chunks: each chunk starts from the previous chunk's last
-posterior mean (``FactoredVAE.encode(..., initial=...)``), which gives the same
+posterior means (``FactoredVAE.encode(..., initial=model.carry(...))``: one, or two with a
+second-order prior), which gives the same
 result as encoding the whole video in one piece, with memory bounded by the chunk.
 The generator is never used.
 """
@@ -58,7 +59,7 @@ def encode_video(
     means: list[np.ndarray] = []
     variances: list[np.ndarray] = []
     times: list[float] = []
-    state: torch.Tensor | None = None  # (1, K, d): the last posterior mean so far
+    state: torch.Tensor | None = None  # (1, P, K, d): the last posterior means the prior reads
     was_training = model.training
     model.to(dev).eval()
     bar = tqdm(desc=Path(path).name, unit="frame", disable=not progress, leave=False, dynamic_ncols=True)
@@ -66,7 +67,7 @@ def encode_video(
         for stamps, frames in _chunks(VideoReader(path, fps=fps, size=size, resize=resize), chunk, bar):
             x = frames_to_tensor(frames)[None].to(dev)  # (1, n, 3, H, W)
             mean, var = model.encode(x, initial=state)  # (1, n, K, d) each
-            state = mean[:, -1]
+            state = model.carry(state, mean)
             means.append(mean[0].cpu().numpy())
             variances.append(var[0].cpu().numpy())
             times.extend(stamps)

@@ -29,7 +29,7 @@ MAX_PARAMETERS = 2**33
 SIZE_KEYS = {
     "encoder": ("width", "enc_dim"),
     "posterior": ("factors", "factor_dim", "enc_dim"),
-    "transition": ("factors", "factor_dim", "transition_hidden", "transition_layers"),
+    "transition": ("factors", "factor_dim", "transition_hidden", "transition_layers", "transition_order"),
     "decoder": ("factors", "factor_dim", "width"),
 }
 
@@ -52,8 +52,9 @@ def parameter_sizes(m: ModelConfig) -> dict[str, list[tuple[int, int]]]:
                     (16 * e4 * E, 1), (E, 1), *((c, 2) for c in (e1, e2, e3, e4))],
         # from_x; from_mean, from_std and the two heads; joint; the six biases.
         "posterior": [(E * z, 1), (z * z, 4), (3 * z * z, 1), (z, 6)],
-        # K stacked MLPs d → h (L hidden layers) → 2d: weights, then biases.
-        "transition": [(K * d * h, 1), (K * h * h, L - 1), (K * h * 2 * d, 1), (K * h, L), (K * 2 * d, 1)],
+        # K stacked MLPs order·d → h (L hidden layers) → 2d: weights, then biases.
+        "transition": [(K * m.transition_order * d * h, 1), (K * h * h, L - 1), (K * h * 2 * d, 1),
+                       (K * h, L), (K * 2 * d, 1)],
         # The linear layer (block-diagonal when G > 1) and its bias; five grouped 4 x 4 transposed
         # convs, the last with a bias; batch norms' scales and shifts.
         "decoder": [(z * z // G, 1), (z, 1), (16 * z * g1 // G, 1), (16 * g1 * g2 // G, 1),

@@ -67,11 +67,11 @@ def predict(
     B, T = frames.shape[:2]
     horizon = T - context
     observed = model.filter(frames[:, :context], sample=False)
-    z_last = observed.z[:, -1]  # (B, K, d)
+    z_last = observed.z  # (B, context, K, d): the rollout reads the last states its prior does
     truth = frames[:, context:]  # (B, h, C, H, W)
     mean_frames = model.decode(model.rollout(z_last, horizon, sample=False))  # (B, h, C, H, W)
     mse_mean = (mean_frames - truth).square().flatten(2).mean(-1)  # (B, h)
-    z_rep = z_last.repeat_interleave(samples, dim=0)  # (B·S, K, d)
+    z_rep = z_last.repeat_interleave(samples, dim=0)  # (B·S, context, K, d)
     sampled = model.decode(model.rollout(z_rep, horizon, sample=True, generator=generator))
     err = (sampled - truth.repeat_interleave(samples, dim=0)).square().flatten(2).mean(-1)
     err = err.view(B, samples, horizon)  # (B, S, h)

@@ -24,7 +24,7 @@ from indpred.model.decoder import Decoder
 from indpred.model.encoder import Encoder
 from indpred.model.layers import restore_buffers, snapshot_buffers
 from indpred.model.posterior import Posterior
-from indpred.model.transition import FactoredTransition
+from indpred.model.transition import FactoredTransition, prior_input, prior_windows
 
 
 @dataclass
@@ -81,7 +81,7 @@ class FactoredVAE(nn.Module):
         self.posterior = Posterior(enc_dim=c.enc_dim, z_dim=c.z_dim, logvar_bounds=bounds)
         self.transition = FactoredTransition(
             factors=c.factors, factor_dim=c.factor_dim, hidden=c.transition_hidden,
-            layers=c.transition_layers, logvar_bounds=bounds,
+            layers=c.transition_layers, order=c.transition_order, logvar_bounds=bounds,
         )
         self.decoder = Decoder(
             z_dim=c.z_dim, out_channels=c.channels, width=c.width,
@@ -151,6 +151,22 @@ class FactoredVAE(nn.Module):
         features = self._image_net(self.encoder, frames.flatten(0, 1))  # (B·T, enc_dim)
         return features.unflatten(0, (B, T))
 
+    def history(self, initial: Tensor | None) -> list[Tensor]:
+        """The states before a video's first frame as a list of (B, K, d), oldest first: none,
+        or ``initial`` (B, K, d) (one state) or (B, P, K, d) (its last ``transition_order``
+        states are kept)."""
+        if initial is None:
+            return []
+        states = initial[:, None] if initial.dim() == 3 else initial  # (B, P, K, d)
+        return list(states[:, -self.config.transition_order:].unbind(1))
+
+    def carry(self, initial: Tensor | None, z: Tensor) -> Tensor:
+        """What a chunk hands the next as its ``initial``: the last states the prior reads,
+        (B, P, K, d) with P ≤ ``transition_order``, from its own ``initial`` and its states z
+        (B, T, K, d). Continuing from it gives the same result as one piece."""
+        past = self.history(initial)
+        return torch.stack([*past, *z.unbind(1)][-self.config.transition_order:], dim=1)
+
     def filter(
         self,
         frames: Tensor,
@@ -164,57 +180,66 @@ class FactoredVAE(nn.Module):
 
         ``noise`` (B, T, K, d) fixes the reparameterisation noise; otherwise it is drawn
         from ``generator``. With ``sample=False`` each state is the posterior mean.
-        ``initial`` (B, K, d) is the state before the first frame (to continue a video
-        in chunks: pass the last ``z`` of the previous chunk); without it the first
+        ``initial`` holds the states before the first frame (see :meth:`history`; to continue
+        a video in chunks pass the previous chunk's :meth:`carry`); without it the first
         step uses the N(0, I) prior.
         """
         features = self.encode_frames(frames)  # (B, T, enc_dim)
         B, T = features.shape[:2]
-        K, d = self.factors, self.factor_dim
+        K, d, order = self.factors, self.factor_dim, self.config.transition_order
         if noise is None and sample:
             noise = torch.randn(B, T, K, d, device=frames.device, generator=generator)
         frame_part = self.posterior.frame_part(features)  # (B, T, z_dim), every frame at once
         zeros = features.new_zeros(B, K, d)
         # The prior's prediction as the posterior sees it: transition weights frozen
-        # ("state": the gradient reaches z_{t-1}) or no gradient at all ("none").
+        # ("state": the gradient reaches the previous states) or no gradient at all ("none").
         view = self.transition.frozen() if self.config.posterior_prior_grad == "state" else None
-        z_prev: Tensor | None = initial
+        past = self.history(initial)
+        states = list(past)
         out: dict[str, list[Tensor]] = {k: [] for k in ("z", "qm", "qv")}
         for t in range(T):
-            if z_prev is None:  # t = 1: N(0, I) prior, zero vectors as the posterior's view of it
+            if not states:  # t = 1: N(0, I) prior, zero vectors as the posterior's view of it
                 seen_mean, seen_std = zeros, zeros
             else:
+                previous = prior_input(states, order)  # (B, K, order·d)
                 if view is not None:
-                    seen_mean, seen_logvar = view(z_prev)  # (B, K, d)
+                    seen_mean, seen_logvar = view(previous)  # (B, K, d)
                 else:
                     with torch.no_grad():
-                        seen_mean, seen_logvar = self.transition(z_prev)  # (B, K, d)
+                        seen_mean, seen_logvar = self.transition(previous)  # (B, K, d)
                 seen_std = torch.exp(0.5 * seen_logvar)
             post_mean, post_logvar = self.posterior.step(
                 frame_part[:, t], seen_mean.flatten(1), seen_std.flatten(1)
             )  # (B, K·d) each
             post_mean = post_mean.unflatten(1, (K, d))  # (B, K, d)
             post_logvar = post_logvar.unflatten(1, (K, d))  # (B, K, d)
-            if sample:
-                z = post_mean + torch.exp(0.5 * post_logvar) * noise[:, t]  # (B, K, d)
-            else:
-                z = post_mean
+            z = post_mean + torch.exp(0.5 * post_logvar) * noise[:, t] if sample else post_mean  # (B, K, d)
             for key, value in zip(out, (z, post_mean, post_logvar)):
                 out[key].append(value)
-            z_prev = z
+            states = [*states[1 - order:], z] if order > 1 else [z]
         z, qm, qv = (torch.stack(out[k], dim=1) for k in out)  # (B, T, K, d) each
-        # The prior p(z_t | z_{t-1}) with trainable weights, every step at once.
-        previous = z[:, :-1] if initial is None else torch.cat([initial[:, None], z[:, :-1]], dim=1)
-        S = previous.shape[1]  # steps with a previous state: T - 1, or T after ``initial``
+        pm, pv = self._prior(z, past)
+        return Filtered(z=z, post_mean=qm, post_logvar=qv, prior_mean=pm, prior_logvar=pv)
+
+    def _prior(self, z: Tensor, past: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The prior's statistics (B, T, K, d) for states z (B, T, K, d) after the states
+        ``past``, with trainable weights, every step at once; N(0, I) where nothing came before."""
+        B, _, K, d = z.shape
+        P = len(past)
+        states = torch.cat([torch.stack(past, dim=1), z], dim=1) if P else z  # (B, P + T, K, d)
+        # The steps with a previous state (T, or T − 1 when nothing came before): their inputs
+        # (B, S, K, order·d), the first step's previous state being states[:, P − 1] (or the first).
+        inputs = prior_windows(states, max(P - 1, 0), self.config.transition_order)
+        S = inputs.shape[1]
         if S:
-            pm, pv = self.transition(previous.flatten(0, 1))  # (B·S, K, d) each
+            pm, pv = self.transition(inputs.flatten(0, 1))  # (B·S, K, d) each
             pm, pv = pm.unflatten(0, (B, S)), pv.unflatten(0, (B, S))  # (B, S, K, d)
         else:
-            pm = pv = zeros.new_zeros(B, 0, K, d)
-        if initial is None:
-            pm = torch.cat([zeros[:, None], pm], dim=1)  # (B, T, K, d)
-            pv = torch.cat([zeros[:, None], pv], dim=1)
-        return Filtered(z=z, post_mean=qm, post_logvar=qv, prior_mean=pm, prior_logvar=pv)
+            pm = pv = z.new_zeros(B, 0, K, d)
+        if not P:
+            zeros = z.new_zeros(B, 1, K, d)
+            pm, pv = torch.cat([zeros, pm], dim=1), torch.cat([zeros, pv], dim=1)  # (B, T, K, d)
+        return pm, pv
 
     def decode(self, z: Tensor) -> Tensor:
         """Pixel means g(z) of every frame at once: (B, T, K, d) → (B, T, C, H, W)."""
@@ -229,8 +254,9 @@ class FactoredVAE(nn.Module):
 
         Each step's estimate uses the frames up to it (filtering). With ``sample=False``
         the state carried forward is the posterior mean, so the result is deterministic;
-        a long video can be encoded in chunks, passing the previous chunk's last mean
-        as ``initial``, with the same result as in one piece.
+        a long video can be encoded in chunks, passing ``carry(initial, mean)`` of the previous
+        chunk as ``initial`` (its last mean, or last two with ``transition_order`` 2), with the
+        same result as in one piece.
         """
         f = self.filter(frames, sample=sample, generator=generator, initial=initial)
         return f.post_mean, torch.exp(f.post_logvar)
@@ -240,15 +266,19 @@ class FactoredVAE(nn.Module):
         self, z_last: Tensor, steps: int, *, sample: bool = True,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Roll the learned prior forward from a state (B, K, d): returns (B, steps, K, d)."""
+        """Roll the learned prior forward from a state (B, K, d), or from the states so far
+        (B, P, K, d), oldest first, of which it reads the last ``transition_order``: returns
+        (B, steps, K, d)."""
+        states = self.history(z_last)
+        order = self.config.transition_order
         zs = []
-        z = z_last
         for _ in range(steps):
-            mean, logvar = self.transition(z)  # (B, K, d)
+            mean, logvar = self.transition(prior_input(states, order))  # (B, K, d)
             if sample:
                 eps = torch.randn(mean.shape, device=mean.device, generator=generator)
                 z = mean + torch.exp(0.5 * logvar) * eps
             else:
                 z = mean
             zs.append(z)
+            states = [*states[1 - order:], z] if order > 1 else [z]
         return torch.stack(zs, dim=1)  # (B, steps, K, d)

@@ -32,7 +32,7 @@ from indpred.objective import ElboTerms, gaussian_log_likelihood, normal_kl
 def naive_transition(
     transition: FactoredTransition, z_prev: Tensor, *, detach_params: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """p(z_t | z_{t-1}) factor by factor: mean and log-variance (B, K, d) from (B, K, d)."""
+    """p(z_t | z_{t-1}) factor by factor: mean and log-variance (B, K, d) from (B, K, order·d)."""
     n = len(transition.weights)
     means, logvars = [], []
     for k in range(transition.factors):
@@ -70,18 +70,21 @@ def naive_sequence_elbo(
     zeros = frames.new_zeros(B, K, d)
     ll = frames.new_zeros(B)
     kl = frames.new_zeros(B, K)
+    order = model.config.transition_order
     z_prev: Tensor | None = None
+    z_older = zeros  # z_{t-2}: the prior mean, zero, before the first frame
     for t in range(T):
         features = model.encoder(frames[:, t])  # (B, enc_dim)
         if z_prev is None:
             prior_mean, prior_logvar = zeros, zeros
             seen_mean, seen_std = zeros, zeros
         else:
-            prior_mean, prior_logvar = naive_transition(model.transition, z_prev)  # (B, K, d)
+            seen = z_prev if order == 1 else torch.cat([z_older, z_prev], dim=-1)  # (B, K, order·d)
+            prior_mean, prior_logvar = naive_transition(model.transition, seen)  # (B, K, d)
             if model.config.posterior_prior_grad == "none":
                 seen_mean, seen_logvar = prior_mean.detach(), prior_logvar.detach()
             else:
-                seen_mean, seen_logvar = naive_transition(model.transition, z_prev, detach_params=True)
+                seen_mean, seen_logvar = naive_transition(model.transition, seen, detach_params=True)
             seen_std = torch.exp(0.5 * seen_logvar)
         post_mean, post_logvar = model.posterior(features, seen_mean.flatten(1), seen_std.flatten(1))
         post_mean = post_mean.unflatten(1, (K, d))  # (B, K, d)
@@ -90,5 +93,7 @@ def naive_sequence_elbo(
         x_mean = model.decoder(z.flatten(1))  # (B, C, H, W)
         ll = ll + gaussian_log_likelihood(frames[:, t], x_mean, obs_logvar).flatten(1).sum(1)
         kl = kl + normal_kl(post_mean, post_logvar, prior_mean, prior_logvar).sum(-1)  # (B, K)
+        if z_prev is not None:
+            z_older = z_prev
         z_prev = z
     return ElboTerms(log_likelihood=ll / T, kl=kl / T)
