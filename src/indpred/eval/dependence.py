@@ -1,0 +1,54 @@
+"""How z_t depends on z_{t-1}: the lagged correlation (Figure 2) and the mutual information
+between groups of units (Table 2), with their figures."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from indpred.eval.context import EvalContext
+from indpred.eval.groups import UnitGroups
+from indpred.metrics import block_summary, lagged_correlation, mi_matrix, mi_summary
+from indpred.report import plot_lagged_correlation, plot_matrix
+
+LN2 = math.log(2.0)
+
+
+def correlation_metrics(ctx: EvalContext, z_t: np.ndarray, z_next: np.ndarray,
+                        groups: UnitGroups) -> dict[str, Any]:
+    """Pearson correlation of every unit at t with every unit at t+1, units ordered by group;
+    z_t, z_next: (P, K, d) pairs."""
+    D = ctx.cfg.model.z_dim
+    order = groups.order
+    C = lagged_correlation(z_t.reshape(len(z_t), D)[:, order], z_next.reshape(len(z_next), D)[:, order])
+    ctx.figure("correlation", plot_lagged_correlation(
+        C, factors=groups.count, factor_dim=groups.size, out_stem=ctx.out / "correlation",
+        title=f"corr(z_t, z_t+1), {ctx.run_dir.name}"))
+    return {"unit_order": order, **block_summary(C, groups.count, groups.size)}
+
+
+def mutual_information_metrics(ctx: EvalContext, z_t: np.ndarray, z_next: np.ndarray,
+                               groups: UnitGroups, *, k: int, partitions: int) -> dict[str, Any]:
+    """The K × K matrix I(z_t^i ; z_t+1^j) (KSG, nats) and its same/cross-factor summary; for an
+    entangled model the best partition's, already computed when its groups were chosen."""
+    partition = groups.partition
+    if partition is None:
+        M = mi_matrix(z_t, z_next, k=k)
+        summary = mi_summary(M)
+    else:
+        M = np.asarray(partition["matrix"])
+        summary = partition["summary"]
+    labels = groups.labels
+    ctx.figure("mutual_information", plot_matrix(
+        M / LN2, row_labels=[f"{lab} @ t" for lab in labels],
+        col_labels=[f"{lab} @ t+1" for lab in labels], out_stem=ctx.out / "mutual_information",
+        title="I(z_t^i ; z_t+1^j), bits"))
+    return {
+        "k": k, "pairs": len(z_t), "matrix_nats": M, **summary,
+        "partition": None if partition is None else {
+            "groups": groups.count, "size": groups.size, "units": groups.units,
+            "partitions": partitions, "scores_nats": partition["scores"],
+            "best_index": partition["best_index"]},
+    }

@@ -1,0 +1,94 @@
+"""The sections of ``RUN_DIR/eval/report.html``, built from the metrics dictionary alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from indpred.report import Figure, KeyValues, Table, Text
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def report_sections(m: dict[str, Any], out: Path) -> list:
+    """The report's sections, in order; figures are read from ``out``."""
+    fig = {name: out / paths[0] for name, paths in m["figures"].items()}
+    return [
+        KeyValues("Run", {"run": m["run"], "preset": m["preset"], "step": m["step"],
+                          "factors x units": f"{m['factors']} x {m['factor_dim']}",
+                          "split": m["split"], "sequences": m["sequences"], "seed": m["seed"]}),
+        _lower_bound_table(m),
+        _mutual_information_table(m["mutual_information"]),
+        Figure("Correlation structure (Figure 2)", fig["correlation"],
+               "Pearson correlation of every unit of z_t with every unit of z_t+1; blocks mark factors."),
+        Figure("Mutual information matrix", fig["mutual_information"]),
+        Figure("Independent generations (Figure 3)", fig["generations"],
+               "Top: data and reconstruction; then one row per factor: all other factors held at "
+               "their first-step value, this one follows its posterior."),
+        Figure("Independent generations, animated", fig["generations_gif"]),
+        *_alignment_sections(m["alignment"], fig),
+        *_probe_sections(m, fig),
+        *_prediction_sections(m["prediction"], fig),
+    ]
+
+
+def _lower_bound_table(m: dict[str, Any]) -> Table:
+    e, iw = m["elbo"], m["iwae"]
+    return Table("Lower bound (nats per frame)", ["quantity", "value", "std. error"], [
+        ["ELBO", _fmt(e["elbo"], 1), _fmt(e["elbo_stderr"], 1)],
+        ["log-likelihood", _fmt(e["log_likelihood"], 1), ""],
+        *[[f"KL, factor {i + 1}", _fmt(v), ""] for i, v in enumerate(e["kl"])],
+        [f"importance-weighted bound, {iw['samples']} samples ({iw['sequences']} sequences)",
+         _fmt(iw["bound"], 1), _fmt(iw["stderr"], 1)],
+        ["ELBO on those sequences", _fmt(iw["elbo_same_sequences"], 1), ""],
+        ["gain of the importance-weighted bound", _fmt(iw["gain_over_elbo"], 2),
+         _fmt(iw["gain_stderr"], 2)],
+    ])
+
+
+def _mutual_information_table(mi: dict[str, Any]) -> Table:
+    return Table(
+        f"Mutual information between z_t and z_t+1 (KSG, k = {mi['k']}, {mi['pairs']} pairs)",
+        ["", "nats", "bits"], [
+            ["same-factor", _fmt(mi["same_nats"]), _fmt(mi["same_bits"])],
+            ["cross-factor (both directions)", _fmt(mi["cross_nats"]), _fmt(mi["cross_bits"])],
+            ["cross-factor (one direction, i < j)", _fmt(mi["cross_one_direction_nats"]),
+             _fmt(mi["cross_one_direction_bits"])],
+        ], note=None if mi["partition"] is None else
+        "Entangled model: units split into groups; the best of "
+        f"{mi['partition']['partitions']} random partitions (largest same − cross) is shown.")
+
+
+def _alignment_sections(al: dict[str, Any], fig: dict[str, Path]) -> list:
+    if "skipped" in al:
+        return [Text("Factor–object alignment", f"Skipped: {al['skipped']}.")]
+    return [
+        Table("Factor–object alignment", ["score", "chance", "assignment", "dominant factors distinct"], [[
+            _fmt(al["score"], 3), _fmt(1.0 / max(len(al["R"]), 1), 3),
+            ", ".join(f"factor {k + 1} → digit {j + 1}" for k, j in al["assignment"]),
+            str(al["dominant_distinct"])]],
+            note="R[k, j]: share of digit j's channel change driven by factor k (normalised per "
+                 "digit); score: mean R over a one-to-one assignment (1 = perfect, 1/K = chance)."),
+        Figure("Alignment matrix R", fig["alignment"]),
+    ]
+
+
+def _probe_sections(m: dict[str, Any], fig: dict[str, Path]) -> list:
+    if "skipped" in m.get("probes", {}):
+        return [Text("Probes", f"Skipped: {m['probes']['skipped']}.")]
+    if "probes" in m:
+        return [Figure("Probes: R² of each factor for each digit's position and velocity", fig["probes"])]
+    return []
+
+
+def _prediction_sections(p: dict[str, Any], fig: dict[str, Path]) -> list:
+    return [
+        Table(f"Prediction after {p['context']} observed frames", ["step", "PSNR mean rollout",
+              f"PSNR best of {p['samples']}", "MSE mean rollout"],
+              [[str(i + 1), _fmt(a), _fmt(b), _fmt(c, 4)] for i, (a, b, c) in enumerate(
+                  zip(p["psnr_mean_rollout"], p["psnr_best_of_samples"], p["mse_mean_rollout"]))]),
+        Figure("Prediction PSNR per step", fig["prediction_curves"]),
+        Figure("Prediction: truth and prior mean rollout", fig["prediction_frames"]),
+    ]
