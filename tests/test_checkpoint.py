@@ -1,9 +1,11 @@
-"""Checkpoints: exact round trip, atomic naming, refusal of corrupt or mismatched files."""
+"""Checkpoints: exact round trip, atomic naming, refusal of corrupt or mismatched files, and the
+fallback past a corrupt newest checkpoint (loading a model, resuming a run)."""
 
 import json
 
 import pytest
 import torch
+from safetensors.torch import load
 
 from indpred.checkpoint import (
     latest_checkpoint,
@@ -13,10 +15,19 @@ from indpred.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from indpred.config import ModelConfig
+from indpred.config import ModelConfig, apply_overrides
 from indpred.errors import UserError
 from indpred.model import FactoredVAE
 from indpred.objective import sequence_elbo
+
+
+def assert_same_tensors(a, b):
+    """Two name → tensor mappings (state dicts, safetensors files) hold the same, non-empty set of
+    names, and equal tensors (dtype, shape and every value) under each."""
+    assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
+    assert len(a) > 0, "nothing to compare"
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
 
 
 def trained_pair(seed=0):
@@ -42,8 +53,7 @@ def test_round_trip_restores_weights_buffers_optimizer_and_rng(tmp_path):
 
     fresh, fresh_opt = trained_pair(seed=1)
     load_weights(fresh, weights, path)
-    for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
-        assert torch.equal(a, b), k  # includes batch-norm running statistics
+    assert_same_tensors(model.state_dict(), fresh.state_dict())  # batch-norm running statistics too
     fresh_opt.load_state_dict(optimizer_from_flat(train, state["optimizer"]))
     for pa, pb in zip(model.parameters(), fresh.parameters()):
         a, b = opt.state[pa], fresh_opt.state[pb]
@@ -90,8 +100,9 @@ def test_weights_alone_load_for_inference_but_not_for_training(tmp_path, tiny_co
     full = load_model(run).state_dict()
     (path / "train_state.safetensors").unlink()  # shared or copied without its training state
     _, weights, train_tensors = read_checkpoint(path, weights_only=True)
-    assert train_tensors == {} and all(torch.equal(weights[k], v) for k, v in full.items())
-    assert all(torch.equal(full[k], v) for k, v in load_model(run).state_dict().items())
+    assert train_tensors == {}
+    assert_same_tensors(weights, full)
+    assert_same_tensors(full, load_model(run).state_dict())
     with pytest.raises(UserError, match=r"train_state\.safetensors is missing or corrupt"):
         read_checkpoint(path)  # resuming needs the training state
     with pytest.warns(UserWarning, match="skipping checkpoint"), pytest.raises(UserError, match="no usable"):
@@ -118,3 +129,54 @@ def test_checkpoint_files_contain_no_pickle(tmp_path):
     for f in path.iterdir():
         head = f.read_bytes()[:2]
         assert head[:1] != b"\x80", f"{f.name} looks like a pickle"
+
+
+def read_tensors(path):
+    """A safetensors file's tensors, copied into memory (``load_file`` maps the file, so its tensors
+    would change with the file)."""
+    return load(path.read_bytes())
+
+
+def flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the tensor data: the header still parses
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_config, capsys):
+    """``load_model`` loads exactly the previous checkpoint's weights (not an older one), and
+    ``indpred train --resume`` continues from the previous checkpoint's step, then remakes the
+    lost checkpoint bit for bit."""
+    from indpred.cli import main
+    from indpred.run import load_model, read_metrics
+    from indpred.train import train
+
+    run = tmp_path / "run"
+    train(apply_overrides(tiny_config, ["train.checkpoint_every=2", "train.keep_checkpoints=3"]), run,
+          steps=6, progress=False)
+    oldest, previous, newest = list_checkpoints(run / "checkpoints")
+    assert [p.name for p in (oldest, previous, newest)] == ["step-00000002", "step-00000004", "step-00000006"]
+    kept, lost = read_tensors(previous / "model.safetensors"), read_tensors(newest / "model.safetensors")
+    older = read_tensors(oldest / "model.safetensors")
+    for other in (lost, older):  # steps of training apart: the check below can tell them apart
+        assert not all(torch.equal(kept[k], other[k]) for k in kept)
+    flip_a_byte(newest / "model.safetensors")
+
+    with pytest.warns(UserWarning, match="skipping checkpoint step-00000006"):
+        model = load_model(run)
+    assert_same_tensors(model.state_dict(), kept)
+
+    # Mark the log: a resume trims it back to the step it continues from.
+    records = read_metrics(run)
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+    (run / "metrics.jsonl").write_text("".join(json.dumps({**r, "first_session": True}) + "\n"
+                                               for r in records))
+    assert main(["train", "--resume", "--out", str(run), "--steps", "6", "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert "warning: skipping checkpoint step-00000006" in out.err and "step 6, test ELBO" in out.out
+    train_lines = [r for r in read_metrics(run) if r["split"] == "train"]
+    assert [(r["step"], "first_session" in r) for r in train_lines] == [
+        (1, True), (2, True), (3, True), (4, True), (5, False), (6, False)]  # resumed at step 4
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == [
+        "step-00000002", "step-00000004", "step-00000006"]
+    assert_same_tensors(read_tensors(newest / "model.safetensors"), lost)

@@ -1,6 +1,7 @@
 """Independent generations, channel changes and prediction against hand-built references."""
 
 import numpy as np
+import pytest
 import torch
 
 from indpred.config import ModelConfig
@@ -12,11 +13,13 @@ from indpred.eval.generations import (
     psnr,
 )
 from indpred.model import FactoredVAE
+from tests.test_eval_reference import calibrate_batch_norm, filter_means_step_by_step, prior_in
 
 
-def tiny_model(K=2, d=3):
+def tiny_model(K=2, d=3, order=1):
     torch.manual_seed(0)
-    return FactoredVAE(ModelConfig(factors=K, factor_dim=d, width=0.125, transition_hidden=16)).eval()
+    return FactoredVAE(ModelConfig(factors=K, factor_dim=d, width=0.125, transition_hidden=16,
+                                   transition_order=order)).eval()
 
 
 def test_factor_groups():
@@ -63,6 +66,42 @@ def test_prediction_shapes_and_best_of_n():
     for b in range(3):
         best = min(range(5), key=lambda s: errs[b, s].mean().item())
         torch.testing.assert_close(out["mse_best"][b], errs[b, best])
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_prediction_is_filter_then_prior_rollout_then_decode_step_by_step(order):
+    """Every number ``predict`` returns, from the model's pieces one step at a time: posterior
+    means over the context, then the prior's mean (and, for the samples, mean + σ·ε with ε drawn
+    in the same order from the same seed), each state decoded alone, errors in NumPy."""
+    B, S, context, horizon = 3, 4, 3, 3
+    frames = torch.rand(B, context + horizon, 3, 64, 64)
+    model = calibrate_batch_norm(tiny_model(order=order), [torch.rand(8, 4, 3, 64, 64)])
+    out = predict(model, frames, context=context, samples=S, generator=torch.Generator().manual_seed(5))
+    truth = frames[:, context:].double().numpy()  # (B, h, C, H, W)
+
+    def roll(states, noise):  # one rollout: (n, h, C, H, W) decoded frames
+        decoded = []
+        for _ in range(horizon):
+            mean, logvar = model.transition(prior_in(states, order))
+            eps = torch.randn(mean.shape, generator=noise) if noise is not None else 0.0
+            states = [*states, mean + torch.exp(0.5 * logvar) * eps]
+            decoded.append(model.decode(states[-1][:, None])[:, 0].double().numpy())
+        return np.stack(decoded, axis=1)
+
+    with torch.no_grad():
+        observed = filter_means_step_by_step(model, frames[:, :context])
+        mean_frames = roll(observed, None)
+        sampled = roll([z.repeat_interleave(S, dim=0) for z in observed],
+                       torch.Generator().manual_seed(5))  # (B·S, h, ...): sequence-major, as predict
+    mse_mean = ((mean_frames - truth) ** 2).reshape(B, horizon, -1).mean(-1)
+    err = ((sampled.reshape(B, S, *truth.shape[1:]) - truth[:, None]) ** 2)
+    err = err.reshape(B, S, horizon, -1).mean(-1)  # (B, S, h)
+    best = err.mean(-1).argmin(1)
+    assert np.ptp(mean_frames) > 0.05 and np.ptp(err) > 1e-4  # frames and errors that vary
+    np.testing.assert_allclose(out["mean_frames"].numpy(), mean_frames, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["mse_mean"].numpy(), mse_mean, rtol=1e-5)
+    np.testing.assert_allclose(out["mse_samples"].numpy(), err, rtol=1e-5)
+    np.testing.assert_allclose(out["mse_best"].numpy(), err[np.arange(B), best], rtol=1e-5)
 
 
 def test_psnr():
