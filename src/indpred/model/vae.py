@@ -216,7 +216,7 @@ class FactoredVAE(nn.Module):
             z = post_mean + torch.exp(0.5 * post_logvar) * noise[:, t] if sample else post_mean  # (B, K, d)
             for key, value in zip(out, (z, post_mean, post_logvar)):
                 out[key].append(value)
-            states = [*states[1 - order:], z] if order > 1 else [z]
+            states = [*states, z][-order:]  # the states the next step's prior reads
         z, qm, qv = (torch.stack(out[k], dim=1) for k in out)  # (B, T, K, d) each
         pm, pv = self._prior(z, past)
         return Filtered(z=z, post_mean=qm, post_logvar=qv, prior_mean=pm, prior_logvar=pv)
@@ -280,5 +280,5 @@ class FactoredVAE(nn.Module):
             else:
                 z = mean
             zs.append(z)
-            states = [*states[1 - order:], z] if order > 1 else [z]
+            states = [*states, z][-order:]  # the states the next step's prior reads
         return torch.stack(zs, dim=1)  # (B, steps, K, d)

@@ -201,6 +201,7 @@ class TrainingLoop:
         self.saved_at = counters.step if resumed else None
         self.logged = LogWindow(kl=torch.zeros(cfg.model.factors, dtype=torch.float64))
         self.log: IO[str] | None = None
+        self.buffers: list[Tensor] = []  # batch norm's statistics before the current step
         self.lr, self.kl_weight = cfg.train.lr, 1.0
         self.t0 = time.perf_counter()
 
@@ -222,8 +223,10 @@ class TrainingLoop:
         try:
             with stop_on_signals() as signals:
                 while c.step < tc.steps:
-                    figures = self._first_step(batches, signals) if c.step == self.start else \
-                        self._step(next(batches), signals)
+                    if c.step == self.start:  # where a run too large for memory shows
+                        figures = self._first_step(batches, signals)
+                    else:
+                        figures = self._step(next(batches), signals)
                     bar.update(1)
                     if not figures.finite:
                         self._skip()
