@@ -25,6 +25,8 @@ from indpred.config import apply_overrides, entangled, get_preset
 from indpred.data.factory import make_dataset
 from indpred.data.moving_mnist import MovingMNIST
 from indpred.eval.evaluate import evaluate_run
+from indpred.eval.latents import collect_latents
+from indpred.metrics import one_step_error
 from indpred.run import load_config, load_model
 from indpred.train import train
 from tests.conftest import TINY
@@ -336,3 +338,89 @@ def test_prediction_is_filter_then_prior_mean_rollout_then_decode(factored):
     assert mse.std(0).min() > 1e-4 and abs(mse[:, 1] - mse[:, 0]).max() > 1e-5  # a rollout that moves
     np.testing.assert_allclose(p["mse_mean_rollout"], mse.mean(0), rtol=1e-5)
     np.testing.assert_allclose(p["psnr_mean_rollout"], (10 * np.log10(1 / mse)).mean(0), rtol=1e-6)
+
+
+def test_copy_last_frame_baseline_is_the_last_observed_frame_held(factored):
+    """metrics.json's copy-the-last-frame PSNR per step, by hand from the frames."""
+    p = factored.metrics["prediction"]
+    context = p["context"]
+    frames = factored.dataset(context + p["horizon"]).get_batch(range(SEQUENCES))["frames"].double().numpy()
+    last = frames[:, context - 1]
+    mse = np.stack([((frames[:, context + h] - last) ** 2).reshape(SEQUENCES, -1).mean(1)
+                    for h in range(p["horizon"])], axis=1)  # (N, horizon)
+    np.testing.assert_allclose(p["psnr_copy_last"], (10 * np.log10(1 / mse)).mean(0), rtol=1e-6)
+    gain = np.asarray(p["psnr_mean_rollout"]) - np.asarray(p["psnr_copy_last"])
+    np.testing.assert_allclose(p["psnr_gain_over_copy"], gain, atol=1e-5)
+
+
+def test_one_step_error_is_the_priors_prediction_of_each_mean_against_staying_put(factored):
+    """The prior's squared one-step error against staying put and extrapolating, from a
+    step-by-step filter: the latents the evaluation collects, and the ratios over all units
+    (a two-step run has no unit above the activity threshold, whose mask is checked apart)."""
+    e, one = factored, factored.metrics["motion"]["one_step"]
+    model, order = e.model, e.model.config.transition_order
+    with torch.no_grad():
+        means = filter_means_step_by_step(model, e.frames)  # T × (N, K, d)
+        predicted = [model.transition(prior_in(means[:t], order))[0]
+                     for t in range(1, len(means))]
+    z = torch.stack(means, 1).double().numpy()  # (N, T, K, d)
+    lat = collect_latents(model, e.dataset(e.cfg.data.seq_len), seed=SEED)
+    np.testing.assert_allclose(lat.means, z, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lat.prior_means[:, 1:], torch.stack(predicted, 1).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert one["active_units"] == (z.reshape(-1, *z.shape[2:]).var(0) > 0.01).sum(1).tolist()
+    T = z.shape[1]
+    prior_err = sum(((predicted[t - 1].double().numpy() - z[:, t]) ** 2).sum() for t in range(2, T))
+    stay_err = sum(((z[:, t - 1] - z[:, t]) ** 2).sum() for t in range(2, T))
+    extrapolated = sum(((2 * z[:, t - 1] - z[:, t - 2] - z[:, t]) ** 2).sum() for t in range(2, T))
+    everything = one_step_error(lat.means, lat.prior_means, np.ones(z.shape[2:], dtype=bool))
+    assert everything["prior_over_stay"] == pytest.approx(prior_err / stay_err, rel=1e-4)
+    assert everything["extrapolate_over_stay"] == pytest.approx(extrapolated / stay_err, rel=1e-4)
+
+
+def test_velocity_probes_read_one_state_or_the_two_the_prior_reads(factored):
+    e, v = factored, factored.metrics["motion"]["velocity"]
+    z = e.means.double().numpy()  # (N, T, K, d)
+    N, T, K, d = z.shape
+    target = e.batch["velocities"][:, 1:].double().numpy().reshape(N * (T - 1), -1)  # (frames, J·2)
+    J = target.shape[1] // 2
+    pairs = np.concatenate([z[:, :-1], z[:, 1:]], -1)  # (N, T − 1, K, 2d)
+    one = np.stack([ridge_r2(z[:, 1:, k].reshape(-1, d), target, SEED).reshape(J, 2).mean(1)
+                    for k in range(K)])
+    two = np.stack([ridge_r2(pairs[:, :, k].reshape(-1, 2 * d), target, SEED).reshape(J, 2).mean(1)
+                    for k in range(K)])
+    np.testing.assert_allclose(v["r2_one_state"], one, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(v["r2_two_states"], two, rtol=1e-9, atol=1e-12)
+
+
+def test_identity_probe_is_a_least_squares_classifier_on_held_out_sequences(factored):
+    e, ident = factored, factored.metrics["motion"]["identity"]
+    z = e.means.double().numpy()  # (N, T, K, d)
+    N, T, K, d = z.shape
+    labels = e.batch["labels"].numpy()  # (N, J)
+    order = np.random.default_rng(SEED).permutation(N)
+    train, test = order[: N // 2], order[N // 2:]
+    for k in range(K):
+        for j in range(labels.shape[1]):
+            X = z[:, :, k].reshape(N, T, d)
+            Xtr, Xte = X[train].reshape(-1, d), X[test].reshape(-1, d)
+            mean, std = Xtr.mean(0), Xtr.std(0)
+            A = np.hstack([np.ones((len(Xtr), 1)), (Xtr - mean) / std])
+            Y = np.eye(10)[np.repeat(labels[train, j], T)]
+            penalty = np.hstack([np.zeros((d, 1)), math.sqrt(1e-3 * len(Xtr)) * np.eye(d)])
+            coef = np.linalg.lstsq(np.vstack([A, penalty]), np.vstack([Y, np.zeros((d, 10))]), rcond=None)[0]
+            guess = (np.hstack([np.ones((len(Xte), 1)), (Xte - mean) / std]) @ coef).argmax(1)
+            truth = np.repeat(labels[test, j], T)
+            assert ident["accuracy"][k][j] == pytest.approx((guess == truth).mean(), abs=1e-12)
+            assert ident["chance"][j] == pytest.approx(np.bincount(truth).max() / len(truth))
+
+
+@pytest.mark.parametrize("name", ["factored", "twin"])
+def test_authors_mi_reading_is_the_brute_force_ksg_of_the_last_pairs(name, request):
+    """Here all 72 pairs are the 'last 1,000'; test_metrics_other checks the cut itself."""
+    e = request.getfixturevalue(name)
+    a = e.metrics["mutual_information"]["authors"]
+    assert a["pairs"] == len(e.z_t) and a["k"] == 3
+    M = np.array([[ksg_brute_force(e.z_t[:, ui], e.z_next[:, uj]) for uj in e.units] for ui in e.units])
+    np.testing.assert_allclose(a["matrix_nats"], M, rtol=1e-9, atol=1e-12)
+    assert a["cross_one_direction_nats"] == pytest.approx(M[0, 1])

@@ -1,4 +1,5 @@
-"""Lagged correlations, factor–object alignment and linear probes against known answers."""
+"""Lagged correlations, factor–object alignment, linear probes and the motion baselines against
+known answers."""
 
 from __future__ import annotations
 
@@ -9,11 +10,17 @@ import numpy as np
 import pytest
 
 from indpred.errors import UserError
+from indpred.eval.dependence import authors_reading
+from indpred.eval.groups import UnitGroups
 from indpred.metrics import (
+    active_units,
     alignment_score,
     block_summary,
     chance_score,
+    identity_accuracy,
     lagged_correlation,
+    mi_matrix,
+    one_step_error,
     probe_matrix,
     probe_r2,
 )
@@ -158,3 +165,72 @@ def test_probe_noise_and_bad_input():
         probe_r2(z[:, 0], noise[:, 0], train_fraction=1.0)
     with pytest.raises(UserError, match="fewer than 2"):
         probe_r2(z[:3, 0], noise[:3, 0])
+
+
+# --- motion and identity ------------------------------------------------------------------
+
+
+def _bouncing_latents(N: int = 40, T: int = 8) -> np.ndarray:
+    """(N, T, 2, 3): factor 0 moves at constant velocity on two units (its third unit is
+    constant), factor 1 is constant: positions p0 + v t, exactly linear in t."""
+    rng = np.random.default_rng(0)
+    t = np.arange(T)[None, :, None]
+    z = np.zeros((N, T, 2, 3))
+    z[:, :, 0, :2] = rng.normal(size=(N, 1, 2)) + rng.normal(size=(N, 1, 2)) * t
+    z[:, :, 0, 2] = 5.0
+    z[:, :, 1] = rng.normal(size=(N, 1, 3))
+    return z
+
+
+def test_active_units_are_those_whose_mean_varies():
+    active = active_units(_bouncing_latents())
+    assert active.tolist() == [[True, True, False], [True, True, True]]  # factor 1 varies across sequences
+    assert not active_units(np.full((4, 5, 2, 3), 7.0)).any()
+
+
+def test_one_step_error_of_linear_motion():
+    """Constant velocity: extrapolation is exact, a perfect prior scores 0, staying put errs by
+    v² per unit and step, and a prior that stays put scores 1."""
+    z = _bouncing_latents()
+    active = np.zeros((2, 3), dtype=bool)
+    active[0, :2] = True
+    perfect = one_step_error(z, z.copy(), active)
+    assert perfect["prior_over_stay"] == 0.0
+    assert perfect["extrapolate_over_stay"] == pytest.approx(0.0, abs=1e-20)
+    assert perfect["prior_over_stay_per_factor"] == [0.0, None]  # factor 1 has no active unit
+    velocity = z[:, 1, 0, :2] - z[:, 0, 0, :2]  # (N, 2)
+    assert perfect["mse"]["stay"] == pytest.approx((velocity ** 2).mean())
+    lazy = np.concatenate([z[:, :1], z[:, :-1]], axis=1)  # the prior's mean of z_t is z_{t-1}
+    assert one_step_error(z, lazy, active)["prior_over_stay"] == pytest.approx(1.0)
+    half = one_step_error(z, z + 0.5 * (lazy - z), active)  # halfway between staying and the truth
+    assert half["prior_over_stay"] == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        one_step_error(z, z, active, first=1)
+
+
+def test_identity_accuracy_separable_and_noise():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, size=200)
+    codes = rng.normal(size=(10, 6)) * 3
+    features = codes[labels][:, None, :] + 0.1 * rng.normal(size=(200, 5, 6))  # (N, T, F)
+    accuracy, chance = identity_accuracy(features, labels, seed=0)
+    assert accuracy == 1.0 and 0.1 <= chance < 0.25
+    noise, _ = identity_accuracy(rng.normal(size=(200, 5, 6)), labels, seed=0)
+    assert noise < 0.25
+    with pytest.raises(ValueError):
+        identity_accuracy(features[:, 0], labels)
+    with pytest.raises(UserError):
+        identity_accuracy(features[:3], labels[:3])
+
+
+def test_authors_reading_uses_the_last_thousand_pairs_of_the_groups():
+    rng = np.random.default_rng(2)
+    z_t = rng.normal(size=(1300, 2, 2))
+    z_next = np.concatenate([z_t[:300] * 0, z_t[300:]]) + 0.3 * rng.normal(size=(1300, 2, 2))
+    groups = UnitGroups([[2, 3], [0, 1]], None)  # factor order reversed: the reading follows the groups
+    a = authors_reading(z_t, z_next, groups)
+    M = mi_matrix(z_t[-1000:, ::-1], z_next[-1000:, ::-1], k=3)
+    assert a["pairs"] == 1000 and a["k"] == 3
+    np.testing.assert_allclose(a["matrix_nats"], M, rtol=1e-12)
+    assert a["same_nats"] == pytest.approx(np.diag(M).mean()) and a["same_nats"] > 1.0
+    assert a["cross_one_direction_nats"] == pytest.approx(M[0, 1])

@@ -4,7 +4,8 @@ Writes ``RUN_DIR/eval/metrics.json``, the figures (PNG and SVG; PNG grid and GIF
 generations) and ``RUN_DIR/eval/report.html``. Each stage lives with what it measures:
 the bounds in :mod:`~indpred.eval.elbo`, the unit groups in :mod:`~indpred.eval.groups`,
 correlation and mutual information in :mod:`~indpred.eval.dependence`, generations,
-alignment and probes in :mod:`~indpred.eval.objects`, prediction in
+alignment and probes in :mod:`~indpred.eval.objects`, motion and identity in
+:mod:`~indpred.eval.motion`, prediction in
 :mod:`~indpred.eval.prediction`, the report's sections in :mod:`~indpred.eval.sections`.
 """
 
@@ -27,6 +28,7 @@ from indpred.eval.dependence import correlation_metrics, mutual_information_metr
 from indpred.eval.elbo import lower_bound_metrics
 from indpred.eval.groups import unit_groups
 from indpred.eval.latents import collect_latents
+from indpred.eval.motion import motion_metrics
 from indpred.eval.objects import alignment_metrics, generations, probe_metrics
 from indpred.eval.prediction import prediction_metrics
 from indpred.eval.sections import report_sections
@@ -37,7 +39,8 @@ from indpred.report import write_report
 EVAL_DIR = "eval"
 METRICS = "metrics.json"
 REPORT = "report.html"
-STAGES = 7  # bounds, latents and groups, correlation, MI, generations and alignment, probes, prediction
+# bounds, latents and groups, correlation, MI, generations and alignment, probes, motion, prediction
+STAGES = 8
 
 
 def _jsonable(value: Any) -> Any:
@@ -126,6 +129,8 @@ def _evaluate(
     metrics["alignment"] = alignment_metrics(ctx, generations(ctx, lat, ug), ug)
     stages.update()
     metrics["probes"] = probe_metrics(ctx, lat, ug)
+    stages.update()
+    metrics["motion"] = motion_metrics(ctx, lat, ug)
     stages.update()
     metrics["prediction"] = prediction_metrics(ctx, split=split, sequences=sequences, context=context,
                                                horizon=horizon, samples=pred_samples)

@@ -1,6 +1,6 @@
 """Run the inference network over a dataset and keep what the metrics need.
 
-Shapes: frames (N, T, C, H, W); latents (N, T, K, d); ground truth (N, T, J, 2).
+Shapes: frames (N, T, C, H, W); latents (N, T, K, d); ground truth (N, T, J, 2), labels (N, J).
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ class Latents:
 
     samples: np.ndarray  # (N, T, K, d) z_t drawn from the filtering posterior
     means: np.ndarray  # (N, T, K, d) posterior means (state carried forward: the mean)
+    prior_means: np.ndarray  # (N, T, K, d) the prior's mean of z_t given the means before t
     positions: np.ndarray | None  # (N, T, J, 2), Moving MNIST only
     velocities: np.ndarray | None  # (N, T, J, 2)
+    labels: np.ndarray | None  # (N, J) each digit's class
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """Consecutive posterior samples (z_t, z_{t+1}) of every sequence: (N·(T−1), K, d) each."""
@@ -40,19 +42,24 @@ def collect_latents(
     """Filter every sequence of ``dataset`` (in eval mode), sampling with a seeded generator."""
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
-    samples, means, positions, velocities = [], [], [], []
+    samples, means, prior_means, positions, velocities, labels = [], [], [], [], [], []
     n = len(dataset)
     for start in range(0, n, batch_size):
         batch = dataset.get_batch(range(start, min(n, start + batch_size)))
         frames = batch["frames"].to(device)  # (b, T, C, H, W)
         samples.append(model.filter(frames, generator=generator).z.cpu().numpy())
-        means.append(model.filter(frames, sample=False).post_mean.cpu().numpy())
+        by_means = model.filter(frames, sample=False)
+        means.append(by_means.post_mean.cpu().numpy())
+        prior_means.append(by_means.prior_mean.cpu().numpy())
         if "positions" in batch:
             positions.append(batch["positions"].numpy())
             velocities.append(batch["velocities"].numpy())
+            labels.append(batch["labels"].numpy())
     return Latents(
         samples=np.concatenate(samples),
         means=np.concatenate(means),
+        prior_means=np.concatenate(prior_means),
         positions=np.concatenate(positions) if positions else None,
         velocities=np.concatenate(velocities) if velocities else None,
+        labels=np.concatenate(labels) if labels else None,
     )

@@ -30,6 +30,7 @@ def report_sections(m: dict[str, Any], out: Path) -> list:
         Figure("Independent generations, animated", fig["generations_gif"]),
         *_alignment_sections(m["alignment"], fig),
         *_probe_sections(m, fig),
+        *_motion_sections(m.get("motion")),
         *_prediction_sections(m["prediction"], fig),
     ]
 
@@ -56,9 +57,23 @@ def _mutual_information_table(mi: dict[str, Any]) -> Table:
             ["cross-factor (both directions)", _fmt(mi["cross_nats"]), _fmt(mi["cross_bits"])],
             ["cross-factor (one direction, i < j)", _fmt(mi["cross_one_direction_nats"]),
              _fmt(mi["cross_one_direction_bits"])],
-        ], note=None if mi["partition"] is None else
-        "Entangled model: units split into groups; the best of "
-        f"{mi['partition']['partitions']} random partitions (largest same − cross) is shown.")
+            *_authors_rows(mi.get("authors")),
+        ], note=" ".join(filter(None, [
+            None if mi["partition"] is None else "Entangled model: units split into groups; the best "
+            f"of {mi['partition']['partitions']} random partitions (largest same − cross) is shown.",
+            None if mi.get("authors") is None else "Authors' protocol: the same estimator on the "
+            f"last {mi['authors']['pairs']} pairs only, as their code measured it."])) or None)
+
+
+def _authors_rows(a: dict[str, Any] | None) -> list[list[str]]:
+    if a is None:  # evaluated before the second reading existed
+        return []
+    return [[f"same-factor, authors' protocol ({a['pairs']} pairs)", _fmt(a["same_nats"]),
+             _fmt(a["same_bits"])],
+            ["cross-factor, authors' protocol (both directions)", _fmt(a["cross_nats"]),
+             _fmt(a["cross_bits"])],
+            ["cross-factor, authors' protocol (i < j)", _fmt(a["cross_one_direction_nats"]),
+             _fmt(a["cross_one_direction_bits"])]]
 
 
 def _alignment_sections(al: dict[str, Any], fig: dict[str, Path]) -> list:
@@ -83,12 +98,39 @@ def _probe_sections(m: dict[str, Any], fig: dict[str, Path]) -> list:
     return []
 
 
+def _motion_sections(mo: dict[str, Any] | None) -> list:
+    """The prior's one-step error, velocity and identity probes (absent in older evaluations)."""
+    if mo is None:
+        return []
+    one = mo["one_step"]
+    if "skipped" in one:
+        return [Text("Motion", f"Skipped: {one['skipped']}.")]
+    rows = [["prior's one-step error / stay put", _fmt(one["prior_over_stay"], 3),
+             ", ".join(_fmt(v, 3) for v in one["prior_over_stay_per_factor"])],
+            ["constant-velocity extrapolation / stay put", _fmt(one["extrapolate_over_stay"], 3),
+             ", ".join(_fmt(v, 3) for v in one["extrapolate_over_stay_per_factor"])]]
+    v, ident = mo["velocity"], mo["identity"]
+    if "skipped" not in v:
+        rows += [["velocity probe R² from z_t (best factor per digit)", "",
+                  ", ".join(_fmt(x) for x in v["best_one_state"])],
+                 ["velocity probe R² from (z_t-1, z_t) (best factor per digit)", "",
+                  ", ".join(_fmt(x) for x in v["best_two_states"])],
+                 ["digit-identity accuracy (best factor per digit; chance)", "",
+                  ", ".join(f"{_fmt(a)} ({_fmt(c)})" for a, c in zip(ident["best"], ident["chance"]))]]
+    return [Table(f"Motion and identity (prior of order {mo['order']})",
+                  ["measure", "all", "per factor / digit"], rows,
+                  note="One-step errors: squared error of the prior's mean of z_t given the posterior "
+                  f"means before t, on the active units {one['active_units']}, frames t > "
+                  f"{one['first_step']}, over that of z_t-1 (below 1: motion learned).")]
+
+
 def _prediction_sections(p: dict[str, Any], fig: dict[str, Path]) -> list:
+    copy = p.get("psnr_copy_last", [None] * len(p["psnr_mean_rollout"]))
     return [
         Table(f"Prediction after {p['context']} observed frames", ["step", "PSNR mean rollout",
-              f"PSNR best of {p['samples']}", "MSE mean rollout"],
-              [[str(i + 1), _fmt(a), _fmt(b), _fmt(c, 4)] for i, (a, b, c) in enumerate(
-                  zip(p["psnr_mean_rollout"], p["psnr_best_of_samples"], p["mse_mean_rollout"]))]),
+              f"PSNR best of {p['samples']}", "PSNR copy last frame", "MSE mean rollout"],
+              [[str(i + 1), _fmt(a), _fmt(b), _fmt(c), _fmt(e, 4)] for i, (a, b, c, e) in enumerate(
+                  zip(p["psnr_mean_rollout"], p["psnr_best_of_samples"], copy, p["mse_mean_rollout"]))]),
         Figure("Prediction PSNR per step", fig["prediction_curves"]),
         Figure("Prediction: truth and prior mean rollout", fig["prediction_frames"]),
     ]

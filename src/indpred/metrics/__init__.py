@@ -1,23 +1,28 @@
 """Metrics as pure functions on NumPy arrays (no torch, no model code).
 
 KSG mutual information and the same/cross-factor summaries (SPEC §3.3), lagged
-correlations (§3.2), factor–object alignment and linear probes (§4).
+correlations (§3.2), factor–object alignment and linear probes (§4), and the prior's
+one-step error against motion baselines.
 """
 
 from indpred.metrics.alignment import alignment_score, chance_score
 from indpred.metrics.correlation import block_summary, lagged_correlation
+from indpred.metrics.motion import active_units, one_step_error
 from indpred.metrics.mutual_info import best_partition, ksg_mi, mi_matrix, mi_summary
-from indpred.metrics.probes import probe_matrix, probe_r2
+from indpred.metrics.probes import identity_accuracy, probe_matrix, probe_r2
 
 __all__ = [
+    "active_units",
     "alignment_score",
     "best_partition",
     "block_summary",
     "chance_score",
+    "identity_accuracy",
     "ksg_mi",
     "lagged_correlation",
     "mi_matrix",
     "mi_summary",
+    "one_step_error",
     "probe_matrix",
     "probe_r2",
 ]

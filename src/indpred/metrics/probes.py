@@ -6,7 +6,7 @@ import numpy as np
 
 from indpred.errors import UserError
 
-__all__ = ["probe_matrix", "probe_r2"]
+__all__ = ["identity_accuracy", "probe_matrix", "probe_r2"]
 
 
 def probe_r2(
@@ -88,3 +88,44 @@ def probe_matrix(z: np.ndarray, targets: np.ndarray, **kwargs: float) -> np.ndar
     for k in range(K):
         out[k] = probe_r2(z[:, k, :], flat, **kwargs).reshape(J, m).mean(axis=1)
     return out
+
+
+def identity_accuracy(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    classes: int = 10,
+    train_fraction: float = 0.5,
+    ridge: float = 1e-3,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Held-out accuracy of a linear classifier from every frame's features to its sequence's
+    label, and the chance level (the held-out frequency of the commonest label).
+
+    features: (N, T, F), one row per frame of N sequences; labels: (N,) integers in
+    [0, classes). The sequences (not the frames: a sequence's frames share its label) are
+    split at random into ``train_fraction`` for fitting and the rest for scoring. The
+    classifier is the ridge regression of :func:`probe_r2` onto one-hot labels, the
+    prediction the largest output: the least-squares linear probe.
+    """
+    X = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    if X.ndim != 3 or y.shape != X.shape[:1]:
+        raise ValueError(f"features (N, T, F) and labels (N,) must share N, got {X.shape} and {y.shape}")
+    N, T, F = X.shape
+    n_train = round(train_fraction * N)
+    if n_train < 2 or N - n_train < 2:
+        raise UserError(f"{N} sequences leave fewer than 2 to fit or to score; use more sequences")
+    order = np.random.default_rng(seed).permutation(N)
+    train, test = order[:n_train], order[n_train:]
+    Xtr, Xte = X[train].reshape(-1, F), X[test].reshape(-1, F)  # (n·T, F)
+    ytr, yte = np.repeat(y[train], T), np.repeat(y[test], T)  # (n·T,)
+    mean, std = Xtr.mean(axis=0), Xtr.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    Xtr, Xte = (Xtr - mean) / std, (Xte - mean) / std
+    onehot = np.eye(classes)[ytr]  # (n·T, classes)
+    gram = Xtr.T @ Xtr + ridge * len(Xtr) * np.eye(F)
+    W = np.linalg.lstsq(gram, Xtr.T @ (onehot - onehot.mean(axis=0)), rcond=None)[0]  # (F, classes)
+    predicted = (Xte @ W + onehot.mean(axis=0)).argmax(axis=1)
+    chance = np.bincount(yte, minlength=classes).max() / len(yte)
+    return float((predicted == yte).mean()), float(chance)
