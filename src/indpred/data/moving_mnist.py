@@ -1,6 +1,7 @@
 """Moving MNIST generated on the fly, with ground truth (positions, velocities, labels).
 
-Digits bounce inside a square canvas; in colour mode digit k is drawn on channel k
+Digits bounce inside a square canvas (or, with ``kinematics="circular"``, inside a circular
+arena, where a bounce couples a digit's two axes); in colour mode digit k is drawn on channel k
 (red, green, blue), so the objects of a frame are known exactly. Kinematics are a
 closed-form triangle wave and rendering is one advanced-indexing write, both
 vectorised over batch, time and digits (torch ops, so they also run on a GPU).
@@ -16,6 +17,10 @@ Conventions (all positions and velocities are (row, col) in pixels):
   reflection: ``x < 0 -> -x``, ``x > L -> 2L - x``); without a bounce between the
   two frames this is ``positions[t] + velocities[t]``, and a bounce flips the sign
   of that axis' velocity (``velocities[t+1] = -velocities[t]``).
+* In the circular arena (:func:`arena_bounce`) the top-left corner moves inside the disc of
+  radius ``L/2`` about ``(L/2, L/2)``, straight between contacts, and a contact reflects the
+  velocity about the wall's normal there; ``velocities[t]`` is again the velocity leaving
+  frame t, and speed and the angular momentum about the centre are conserved.
 * The digit is drawn with its top-left at ``torch.round(positions)`` of the float32
   positions returned, i.e. round half to even.
 """
@@ -43,6 +48,7 @@ __all__ = [
     "STANDARD_SPEED",
     "Draws",
     "MovingMNIST",
+    "arena_bounce",
     "bounce",
     "render",
 ]
@@ -56,7 +62,9 @@ STANDARD_SPEED = 3.6
 INTEGER_MAX_SPEED = 4
 """Integer (SVG/DrNet) kinematics draw each velocity component from {-4..4}."""
 
-KINEMATICS = ("standard", "integer")
+KINEMATICS = ("standard", "integer", "circular")
+MAX_CONTACTS = 64  # wall contacts followed within one frame (only near-tangent paths need more than 1)
+CONTACT_SLACK = 1e-9  # frames of time: a contact this close after a frame counts as in it
 
 
 class Draws(NamedTuple):
@@ -106,6 +114,57 @@ def bounce(p0: Tensor, v0: Tensor, T: int, L: float) -> tuple[Tensor, Tensor]:
     # "+ 0.0" turns the -0.0 of a reflected zero velocity into +0.0.
     velocities = torch.where(outward, v0, -v0) + 0.0  # (..., T, D, 2)
     return positions, velocities
+
+
+def arena_bounce(p0: Tensor, v0: Tensor, T: int, L: float) -> tuple[Tensor, Tensor]:
+    """Motion inside the circular arena of radius ``L/2`` about ``(L/2, L/2)``, all sequences at once.
+
+    Straight flight between contacts; at a contact point ``x`` (relative to the centre) the
+    velocity is reflected about the wall's normal ``n = x / |x|``: ``v − 2 (v·n) n``. Each
+    frame's unit of time is followed through every contact it holds (a near-tangent path can
+    graze the wall several times; after ``MAX_CONTACTS`` the rest of the frame is dropped).
+    The returned velocity at frame t is the one leaving it, as in :func:`bounce`.
+
+    Args:
+        p0: start positions (..., D, 2), inside the disc.
+        v0: start velocities (..., D, 2), pixels per frame.
+        T: number of frames.
+        L: largest position, ``image_size - 28``.
+
+    Returns:
+        positions, velocities: (..., T, D, 2) float64.
+    """
+    x = torch.as_tensor(p0, dtype=torch.float64) - L / 2  # (..., D, 2) relative to the centre
+    v = torch.as_tensor(v0, dtype=torch.float64, device=x.device).clone()
+    if L == 0:
+        zeros = torch.zeros(*x.shape[:-2], T, *x.shape[-2:], dtype=torch.float64, device=x.device)
+        return zeros, zeros.clone()
+    R = L / 2
+    xs, vs = [x], [v]
+    for _ in range(T - 1):
+        left = torch.ones(x.shape[:-1], dtype=torch.float64, device=x.device)  # (..., D) time left
+        for _ in range(MAX_CONTACTS):
+            a = (v * v).sum(-1)  # |v|²
+            b = (x * v).sum(-1)
+            c = ((x * x).sum(-1) - R * R).clamp(max=0.0)  # ≤ 0 inside
+            # Time to the wall: the positive root of |x + v s|² = R² (infinite when still).
+            s = torch.where(a > 0, (-b + (b * b - a * c).clamp(min=0.0).sqrt()) / a.clamp(min=1e-300),
+                            torch.inf)
+            # A contact within CONTACT_SLACK of the frame's end belongs to this frame, so that
+            # a wall reached at the frame (up to rounding) sends the digit off reflected.
+            hit = (s <= left + CONTACT_SLACK) & (left > 0)  # (..., D)
+            step = torch.where(hit, s, left)
+            x = x + v * step[..., None]
+            n = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-300)
+            x = torch.where(hit[..., None], n * R, x)  # exactly on the wall at a contact
+            v = torch.where(hit[..., None], v - 2 * (v * n).sum(-1, keepdim=True) * n, v)
+            left = torch.where(hit, (left - step).clamp(min=0.0), torch.zeros_like(left))
+            if not bool((left > 0).any()):
+                break
+        xs.append(x)
+        vs.append(v)
+    positions = (torch.stack(xs, dim=-3) + L / 2).clamp(0.0, L)  # (..., T, D, 2)
+    return positions, torch.stack(vs, dim=-3)
 
 
 def render(digits: Tensor, positions: Tensor, *, image_size: int, colour: bool) -> Tensor:
@@ -166,6 +225,10 @@ class MovingMNIST(BatchedDataset):
       theta uniform in ``[0, 2 pi)``, velocity ``3.6 * (sin theta, cos theta)`` (row, col).
     * ``"integer"`` (SVG/DrNet): start uniform on ``{0..L}^2``, velocity uniform on
       ``{-4..4}^2`` (zero included).
+    * ``"circular"``: a circular arena (:func:`arena_bounce`): start uniform on the disc of
+      radius ``L/2`` about ``(L/2, L/2)`` (radius ``L/2 · sqrt(u)``, angle uniform), then the
+      standard velocity: a wall contact mixes a digit's row and column motion, so only a
+      split by digit (not by axis) leaves the factors independent.
 
     No draw depends on ``colour``, ``seq_len`` or ``length``, so e.g. the grayscale
     item is the channel maximum of the colour item. Train items take digits from
@@ -197,7 +260,7 @@ class MovingMNIST(BatchedDataset):
     ) -> None:
         check_split(split)
         if kinematics not in KINEMATICS:
-            raise UserError(f"unknown kinematics {kinematics!r}: use 'standard' or 'integer'")
+            raise UserError(f"unknown kinematics {kinematics!r}: use one of {', '.join(KINEMATICS)}")
         self.n_digits = check_int("n_digits", n_digits, 1, 3)
         self.seq_len = check_int("seq_len", seq_len, 1)
         self.image_size = check_int("image_size", image_size, DIGIT_SIZE)
@@ -261,7 +324,8 @@ class MovingMNIST(BatchedDataset):
 
     def _motion(self, draws: Draws) -> tuple[Tensor, Tensor]:
         """Positions and velocities (B, T, D, 2) float32 on the CPU, from the draws' start state."""
-        positions, velocities = bounce(draws.p0, draws.v0, self.seq_len, self.max_position)  # float64
+        move = arena_bounce if self.kinematics == "circular" else bounce
+        positions, velocities = move(draws.p0, draws.v0, self.seq_len, self.max_position)  # float64
         return positions.float(), velocities.float()  # render from the float32 values we return
 
     def _render_on(self, device: torch.device, pool: Tensor, positions: Tensor) -> Tensor:
@@ -283,6 +347,12 @@ class MovingMNIST(BatchedDataset):
             p0 = rng.uniform(0.0, L, size=(D, 2))
             theta = rng.uniform(0.0, 2.0 * math.pi, size=D)  # (D,)
             v0 = STANDARD_SPEED * np.stack([np.sin(theta), np.cos(theta)], axis=-1)  # (D, 2)
+        elif self.kinematics == "circular":
+            radius = L / 2 * np.sqrt(rng.uniform(0.0, 1.0, size=D))  # uniform on the disc
+            angle = rng.uniform(0.0, 2.0 * math.pi, size=D)
+            p0 = L / 2 + radius[:, None] * np.stack([np.sin(angle), np.cos(angle)], axis=-1)
+            theta = rng.uniform(0.0, 2.0 * math.pi, size=D)
+            v0 = STANDARD_SPEED * np.stack([np.sin(theta), np.cos(theta)], axis=-1)
         else:
             p0 = rng.integers(0, L + 1, size=(D, 2)).astype(np.float64)
             v0 = rng.integers(-INTEGER_MAX_SPEED, INTEGER_MAX_SPEED + 1, size=(D, 2))
