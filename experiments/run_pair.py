@@ -90,6 +90,9 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--eval-sequences", type=int, default=256)
     p.add_argument("--no-entangled", action="store_true", help="train the factored model only")
+    p.add_argument("--entangled-only", action="store_true",
+                   help="train the entangled twins only (so that a second process can train them "
+                        "beside one running --no-entangled on the same --out)")
     p.add_argument("--entangled-seeds", type=int, nargs="+", metavar="SEED",
                    help="train the entangled twin for these of --seeds only (default: all)")
     p.add_argument("--alignment-target", type=float, default=0.95,
@@ -100,6 +103,8 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
+    if args.no_entangled and args.entangled_only:
+        p.error("--no-entangled and --entangled-only leave nothing to train; give one of them")
 
     sets = list(args.set) + (TINY if args.tiny else [])
     if args.data:
@@ -110,7 +115,8 @@ def main() -> None:
         base = apply_overrides(get_preset(args.preset), [*sets, f"train.seed={seed}", f"data.seed={seed}"])
         steps = args.steps or base.train.steps
         with_twin = not args.no_entangled and (args.entangled_seeds is None or seed in args.entangled_seeds)
-        twins = [("factored", base)] + ([("entangled", entangled(base))] if with_twin else [])
+        twins = [] if args.entangled_only else [("factored", base)]
+        twins += [("entangled", entangled(base))] if with_twin else []
         for name, cfg in twins:
             run = out / f"{name}-seed{seed}"
             if args.no_train:  # the step of its last checkpoint, else the step it was evaluated at

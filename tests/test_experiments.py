@@ -41,6 +41,17 @@ def test_run_pair_tiny_then_rerun_skips_finished_runs(tmp_path):
     assert (out / "factored-seed0" / "summary.json").stat().st_mtime > mtime
 
 
+def test_entangled_only_trains_the_twins_alone_and_refuses_to_train_nothing(tmp_path):
+    out = tmp_path / "pair"
+    done = run("--tiny", "--seeds", "0", "--steps", "2", "--entangled-only", "--out", str(out),
+               "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["entangled-seed0"]
+    assert list(json.loads((out / "summary.json").read_text())) == ["entangled"]
+    both = run("--tiny", "--no-entangled", "--entangled-only", "--out", str(out))
+    assert both.returncode == 2 and "leave nothing to train" in both.stderr
+
+
 def test_gpu_pair_trains_evaluates_and_packs_then_run_pair_assembles_without_training(tmp_path):
     out, runs, unpacked = tmp_path / "out", tmp_path / "runs", tmp_path / "unpacked"
     env = {**os.environ, "DEVICE": "cpu", "SMOKE": "1", "OUT": str(out), "RUNS": str(runs),
