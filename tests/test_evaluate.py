@@ -47,6 +47,10 @@ def test_factored_eval_writes_every_metric_and_figure(runs):
         for rel in paths:
             assert (out / rel).is_file() and (out / rel).stat().st_size > 0
     assert len(m["correlation"]["unit_order"]) == 8
+    tracking = m["layers"]["tracking"]  # each factor's track against the digit the alignment gave it
+    assert [[q["factor"], q["object"]] for q in tracking["pairs"]] == al["assignment"]
+    assert 0 <= tracking["within"] <= 1 and tracking["error_px"] >= 0
+    assert {"layers", "layers_gif"} <= set(m["figures"])
 
 
 def test_entangled_eval_uses_the_best_partition(runs):
@@ -57,6 +61,7 @@ def test_entangled_eval_uses_the_best_partition(runs):
     assert part["scores_nats"][part["best_index"]] == best
     assert math.isclose(m["mutual_information"]["same_minus_cross_nats"], best, rel_tol=1e-9)
     assert sorted(u for g in part["units"] for u in g) == sorted(m["correlation"]["unit_order"])
+    assert m["layers"] == {"skipped": "one factor: its layer is the whole frame"}
     again = evaluate_run(runs / "entangled", seed=5, **FAST)
     assert again["mutual_information"] == m["mutual_information"]  # reproducible by seed
 

@@ -18,11 +18,14 @@ from indpred.metrics import (
     block_summary,
     chance_score,
     identity_accuracy,
+    intensity_centres,
     lagged_correlation,
+    layer_weights,
     mi_matrix,
     one_step_error,
     probe_matrix,
     probe_r2,
+    tracking_error,
 )
 
 # --- lagged correlation -------------------------------------------------------------------
@@ -234,3 +237,46 @@ def test_authors_reading_uses_the_last_thousand_pairs_of_the_groups():
     np.testing.assert_allclose(a["matrix_nats"], M, rtol=1e-12)
     assert a["same_nats"] == pytest.approx(np.diag(M).mean()) and a["same_nats"] > 1.0
     assert a["cross_one_direction_nats"] == pytest.approx(M[0, 1])
+
+
+# --- tracks from layers -------------------------------------------------------------------
+
+
+def blob(centre: tuple[float, float], size: int = 64, radius: int = 4) -> np.ndarray:
+    """A symmetric cone of intensity about an integer or half-integer centre, zero elsewhere."""
+    rows, cols = np.mgrid[:size, :size]
+    return np.clip(radius - np.hypot(rows - centre[0], cols - centre[1]), 0, None)
+
+
+def test_the_track_of_a_blob_is_its_centre_exactly_and_a_blank_frame_has_none():
+    frames = np.stack([blob((10, 20)), blob((30.5, 41.5)), np.zeros((64, 64))])[:, None]  # (3, 1, H, W)
+    centres = intensity_centres(frames)
+    np.testing.assert_allclose(centres[:2], [[10, 20], [30.5, 41.5]], atol=1e-12)
+    assert np.isnan(centres[2]).all()
+
+
+def test_layer_tracks_read_the_blob_off_its_background_and_are_scored_after_the_matching():
+    # Two factors' layers (logits): a blob on a flat background each; their digits sit where
+    # factor 1's blob is off by (3, 4) (5 px) and factor 2's exact.
+    n, T = 2, 3
+    layers = np.full((n, T, 2, 1, 64, 64), -8.0)
+    truth = np.zeros((n, T, 2, 2))
+    for i in range(n):
+        for t in range(T):
+            a, b = (12 + 5 * t + i, 15 + 2 * t), (40 - 3 * t, 30 + 4 * t + i)
+            layers[i, t, 0, 0] += 12 * blob(a) / 4
+            layers[i, t, 1, 0] += 12 * blob(b) / 4
+            truth[i, t] = [b, (a[0] + 3, a[1] + 4)]  # digit 1 is factor 2's, digit 2 factor 1's
+    tracks = intensity_centres(layer_weights(layers))  # (n, T, K, 2)
+    result = tracking_error(tracks, truth, [[0, 1], [1, 0]])
+    assert [p["error_px"] for p in result["pairs"]] == pytest.approx([5.0, 0.0], abs=1e-9)
+    assert result["error_px"] == pytest.approx(2.5, abs=1e-9) and result["within"] == 0.5
+    assert tracking_error(tracks, truth, [[0, 0], [1, 1]])["within"] == 0  # the wrong matching
+
+
+def test_layer_weights_are_zero_on_the_background_and_tracking_counts_blank_layers_as_misses():
+    weights = layer_weights(np.full((1, 8, 8), -3.0))
+    assert (weights == 0).all()
+    tracks = np.array([[[[np.nan, np.nan]], [[1.0, 1.0]]]])  # (1, 2, K=1, 2)
+    result = tracking_error(tracks, np.ones((1, 2, 1, 2)), [[0, 0]])
+    assert result["undefined_frames"] == 1 and result["within"] == 0.5 and result["error_px"] == 0

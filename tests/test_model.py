@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from indpred.config import ModelConfig
+from indpred.errors import UserError
 from indpred.model import FactoredVAE, restore_buffers, snapshot_buffers
 from indpred.model.layers import soft_clamp
 from indpred.model.transition import FactoredTransition, prior_input, prior_windows
@@ -254,6 +255,26 @@ def test_per_factor_decoder_adds_one_image_per_factor():
         with torch.no_grad():
             gap = (g(a, b2) - g(a, b)) - (g(a2, b2) - g(a2, b))
         assert (gap.abs().max() < 1e-4) == additive, layout
+
+
+def test_layers_sum_to_the_generators_output_before_its_activation_each_from_its_own_factor():
+    torch.manual_seed(8)
+    model = FactoredVAE(small(factors=3, decoder="per-factor")).eval()
+    z = torch.randn(2, 4, 3, 3)  # (B, T, K, d)
+    with torch.no_grad():
+        layers = model.layers(z)  # (B, T, K, C, H, W)
+        assert layers.shape == (2, 4, 3, 3, 64, 64)
+        torch.testing.assert_close(torch.sigmoid(layers.sum(2)), model.decode(z), atol=1e-6, rtol=0)
+        moved = z.clone()
+        moved[:, :, 1] += 1.0  # factor 2 alone changes: only its layer may change
+        change = (model.layers(moved) - layers).abs().amax(dim=(0, 1, 3, 4, 5))  # (K,)
+    assert change[0] == 0 and change[2] == 0 and change[1] > 1e-5
+
+
+def test_the_shared_generator_has_no_layers():
+    model = FactoredVAE(small(decoder="shared")).eval()
+    with pytest.raises(UserError, match="only a per-factor generator has layers"):
+        model.layers(torch.zeros(1, 2, 2, 3))
 
 
 def test_per_factor_decoder_keeps_the_channel_widths_and_splits_them():

@@ -4,7 +4,8 @@ Writes ``RUN_DIR/eval/metrics.json``, the figures (PNG and SVG; PNG grid and GIF
 generations) and ``RUN_DIR/eval/report.html``. Each stage lives with what it measures:
 the bounds in :mod:`~indpred.eval.elbo`, the unit groups in :mod:`~indpred.eval.groups`,
 correlation and mutual information in :mod:`~indpred.eval.dependence`, generations,
-alignment and probes in :mod:`~indpred.eval.objects`, motion and identity in
+alignment and probes in :mod:`~indpred.eval.objects`, what each factor draws and its
+track in :mod:`~indpred.eval.layers`, motion and identity in
 :mod:`~indpred.eval.motion`, prediction in
 :mod:`~indpred.eval.prediction`, the report's sections in :mod:`~indpred.eval.sections`.
 """
@@ -28,6 +29,7 @@ from indpred.eval.dependence import correlation_metrics, mutual_information_metr
 from indpred.eval.elbo import lower_bound_metrics
 from indpred.eval.groups import unit_groups
 from indpred.eval.latents import collect_latents
+from indpred.eval.layers import layer_metrics
 from indpred.eval.motion import motion_metrics
 from indpred.eval.objects import alignment_metrics, generations, probe_metrics
 from indpred.eval.prediction import prediction_metrics
@@ -39,7 +41,8 @@ from indpred.report import write_report
 EVAL_DIR = "eval"
 METRICS = "metrics.json"
 REPORT = "report.html"
-# bounds, latents and groups, correlation, MI, generations and alignment, probes, motion, prediction
+# bounds, latents and groups, correlation, MI, generations, alignment and layers, probes, motion,
+# prediction
 STAGES = 8
 
 
@@ -127,6 +130,7 @@ def _evaluate(
                                                                partitions=partitions)
     stages.update()
     metrics["alignment"] = alignment_metrics(ctx, generations(ctx, lat, ug), ug)
+    metrics["layers"] = layer_metrics(ctx, lat, metrics["alignment"])
     stages.update()
     metrics["probes"] = probe_metrics(ctx, lat, ug)
     stages.update()

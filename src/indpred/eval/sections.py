@@ -29,6 +29,7 @@ def report_sections(m: dict[str, Any], out: Path) -> list:
                "their first-step value, this one follows its posterior."),
         Figure("Independent generations, animated", fig["generations_gif"]),
         *_alignment_sections(m["alignment"], fig),
+        *_layer_sections(m.get("layers"), fig),
         *_probe_sections(m, fig),
         *_motion_sections(m.get("motion")),
         *_prediction_sections(m["prediction"], fig),
@@ -88,6 +89,29 @@ def _alignment_sections(al: dict[str, Any], fig: dict[str, Path]) -> list:
                  "digit); score: mean R over a one-to-one assignment (1 = perfect, 1/K = chance)."),
         Figure("Alignment matrix R", fig["alignment"]),
     ]
+
+
+def _layer_sections(la: dict[str, Any] | None, fig: dict[str, Path]) -> list:
+    """What each factor draws, and its track against its digit (absent in older evaluations)."""
+    if la is None:
+        return []
+    if "skipped" in la:
+        return [Text("What each factor draws", f"Skipped: {la['skipped']}.")]
+    out = [Figure("What each factor draws", fig["layers"],
+                  "Top: data; then each factor's own layer of the per-factor generator, as an image "
+                  "(sigmoid of the layer; the frame is the sigmoid of the layers' sum)."),
+           Figure("What each factor draws, animated", fig["layers_gif"])]
+    tr = la["tracking"]
+    if "skipped" in tr:
+        return [*out, Text("Tracking", f"Skipped: {tr['skipped']}.")]
+    rows = [[f"factor {p['factor'] + 1} → digit {p['object'] + 1}", _fmt(p["error_px"]), _fmt(p["median_px"]),
+             _fmt(p["within"], 3)] for p in tr["pairs"]]
+    rows.append(["all", _fmt(tr["error_px"]), _fmt(tr["median_px"]), _fmt(tr["within"], 3)])
+    return [*out, Table("Unsupervised tracking: each factor's layer against its digit",
+                        ["pair (the alignment's)", "mean error (px)", "median (px)",
+                         f"frames within {tr['within_px']:g} px"], rows,
+                        note=f"Track: {la['track']}; digit centre: intensity-weighted centre of its "
+                        f"channel in the data; {la['sequences']} sequences.")]
 
 
 def _probe_sections(m: dict[str, Any], fig: dict[str, Path]) -> list:

@@ -50,10 +50,17 @@ class Decoder(nn.Module):
         )
         self.groups = G
 
-    def forward(self, z: Tensor) -> Tensor:
+    def layers(self, z: Tensor) -> Tensor:
+        """Each group's image before the final activation: (N, z_dim) → (N, G, C, 64, 64) float32.
+
+        With ``groups=K`` layer k depends on factor k's units alone; the frame's pixel means
+        are ``sigmoid`` of the layers' sum (:meth:`forward`).
+        """
         if self.groups == 1:
             h = self.fc(z)[:, :, None, None]  # (N, z_dim, 1, 1)
         else:
             h = self.fc(z[:, :, None, None])  # (N, z_dim, 1, 1), each factor's units on their own
-        x = self.net(h).float().unflatten(1, (self.groups, -1))  # (N, G, C, 64, 64), float32 under autocast
-        return torch.sigmoid(x.sum(1))  # (N, C, 64, 64): the factors' images added
+        return self.net(h).float().unflatten(1, (self.groups, -1))  # (N, G, C, 64, 64) float32
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.layers(z).sum(1))  # (N, C, 64, 64): the factors' images added

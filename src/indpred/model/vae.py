@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from indpred.config import ModelConfig
+from indpred.errors import UserError
 from indpred.model.decoder import Decoder
 from indpred.model.encoder import Encoder
 from indpred.model.layers import restore_buffers, snapshot_buffers
@@ -115,17 +116,19 @@ class FactoredVAE(nn.Module):
                 net.to(memory_format=torch.channels_last)
         return self
 
-    def _image_net(self, net: nn.Module, x: Tensor) -> Tensor:
-        """Run an image network on a batch of frames or latents, as configured; float32 out."""
+    def _image_net(self, net: nn.Module, x: Tensor, call=None) -> Tensor:
+        """Run an image network (or ``call``, one of its methods) on a batch of frames or
+        latents, as configured; float32 out."""
+        call = net if call is None else call
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         bf16 = self.precision == "bf16" and self.training
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                out = checkpoint(net, x, use_reentrant=False, preserve_rng_state=False,
+                out = checkpoint(call, x, use_reentrant=False, preserve_rng_state=False,
                                  context_fn=functools.partial(_recompute_contexts, net))
             else:
-                out = net(x)
+                out = call(x)
         return out.float()
 
     @property
@@ -245,6 +248,20 @@ class FactoredVAE(nn.Module):
         """Pixel means g(z) of every frame at once: (B, T, K, d) → (B, T, C, H, W)."""
         B, T = z.shape[:2]
         return self._image_net(self.decoder, z.flatten(0, 1).flatten(1)).unflatten(0, (B, T))
+
+    def layers(self, z: Tensor) -> Tensor:
+        """What each factor draws, before the final activation: (B, T, K, d) → (B, T, K, C, H, W).
+
+        Only the per-factor generator has layers: there ``decode(z) = sigmoid(layers(z).sum(2))``
+        and layer k depends on factor k's state alone. The paper's shared generator mixes the
+        factors from its first layer, so no image belongs to one factor.
+        """
+        if self.config.decoder != "per-factor":
+            raise UserError("this model has the shared generator (model.decoder=shared), which mixes the "
+                            "factors from its first layer: only a per-factor generator has layers")
+        B, T = z.shape[:2]
+        flat = z.flatten(0, 1).flatten(1)  # (B·T, K·d)
+        return self._image_net(self.decoder, flat, self.decoder.layers).unflatten(0, (B, T))
 
     @torch.no_grad()
     def encode(self, frames: Tensor, *, sample: bool = False,
