@@ -39,7 +39,7 @@ def clip(tmp_path) -> Path:
 
 
 def make_run(folder: Path, model: FactoredVAE, data: DataConfig | None = None) -> Path:
-    cfg = RunConfig(model=dataclasses.replace(TINY), data=data or DataConfig()).resolve()
+    cfg = RunConfig(model=dataclasses.replace(model.config), data=data or DataConfig()).resolve()
     folder.mkdir(parents=True)
     cfg.save(folder / CONFIG)
     save_checkpoint(folder / CHECKPOINTS, 1, model)
@@ -124,3 +124,28 @@ def test_encode_to_file_uses_the_runs_video_settings(model, clip, tmp_path):
     shutil.rmtree(data)  # the data folder moved away: its settings are unknown
     with pytest.raises(UserError, match="pass fps explicitly"):
         encode_to_file(run, clip, tmp_path / "z3.npz", progress=False)
+
+
+def test_layers_are_what_each_factor_draws_from_its_mean_with_a_gif_per_factor(clip, tmp_path):
+    torch.manual_seed(1)
+    model = FactoredVAE(dataclasses.replace(TINY, decoder="per-factor"))
+    run = make_run(tmp_path / "run", model)
+    out = encode_to_file(run, clip, tmp_path / "z.npz", progress=False, layers=True)
+    with np.load(out) as z:
+        layers, mean = z["layers"], z["mean"]
+    assert layers.shape == (25, 2, 3, 64, 64) and layers.dtype == np.uint8
+    with torch.no_grad():
+        expected = torch.sigmoid(model.eval().layers(torch.from_numpy(mean)[None]))[0]  # (T, K, C, H, W)
+    assert np.abs(layers.astype(np.float64) - expected.numpy() * 255).max() <= 0.5 + 1e-3
+    from PIL import Image
+
+    for k in (1, 2):
+        with Image.open(tmp_path / f"z-factor{k}.gif") as gif:
+            assert gif.n_frames == 25
+
+
+def test_layers_of_a_shared_generator_are_refused_before_any_work(model, clip, tmp_path):
+    run = make_run(tmp_path / "run", model)  # TINY: the shared generator
+    with pytest.raises(UserError, match="--layers needs a per-factor generator"):
+        encode_to_file(run, clip, tmp_path / "z.npz", progress=False, layers=True)
+    assert not (tmp_path / "z.npz").exists()

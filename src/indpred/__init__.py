@@ -8,6 +8,7 @@ from indpred.config import PRESETS, DataConfig, ModelConfig, RunConfig, TrainCon
 from indpred.data import MovingMNIST
 from indpred.model import FactoredVAE
 from indpred.objective import ElboTerms, sequence_elbo
+from indpred.pretrained import load_pretrained
 from indpred.run import load_model
 
 __version__ = "0.1.0"
@@ -24,5 +25,6 @@ __all__ = [
     "__version__",
     "get_preset",
     "load_model",
+    "load_pretrained",
     "sequence_elbo",
 ]

@@ -1,4 +1,5 @@
-"""The ``indpred`` command: train, demo, eval, compare, prepare-video, encode, presets, download-mnist.
+"""The ``indpred`` command: train, demo, eval, compare, prepare-video, encode, presets, pretrained,
+download-mnist.
 
 Bad input ends with one line on stderr and exit status 2 (``--debug`` shows the traceback).
 """
@@ -134,6 +135,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from indpred.eval.evaluate import evaluate_run
 
+    if args.out and not args.pretrained:
+        raise UserError("--out is for --pretrained (where to write the shipped model's run folder); "
+                        "a run's evaluation goes into RUN_DIR/eval")
+    if (args.run_dir is None) == (args.pretrained is None):
+        raise UserError("give a run folder or --pretrained NAME (one of them; indpred pretrained lists "
+                        "the shipped models)")
+    if args.pretrained:  # a shipped model, written out as a run folder that the evaluation fills
+        from indpred.pretrained import card, materialise
+
+        card(args.pretrained)  # an unknown name: one line listing the shipped ones
+        args.run_dir = materialise(args.pretrained, Path(args.out or f"pretrained-{args.pretrained}"))
     m = evaluate_run(args.run_dir, split=args.split, sequences=args.sequences, seed=args.seed,
                      k=args.k, iw_samples=args.iw_samples, partitions=args.partitions,
                      groups=args.groups, group_size=args.group_size, context=args.context,
@@ -177,9 +189,13 @@ def cmd_prepare_video(args: argparse.Namespace) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     from indpred.encode import encode_to_file
 
-    path = encode_to_file(args.run, args.video, args.out, fps=args.fps, device=args.device,
-                          progress=not args.no_progress)
-    print(f"factors written to {path} (mean, var: (T, K, d); timestamps: (T,))")
+    if (args.run is None) == (args.pretrained is None):
+        raise UserError("give --run RUN_DIR or --pretrained NAME (one of them; indpred pretrained lists "
+                        "the shipped models)")
+    path = encode_to_file(args.run, args.video, args.out, pretrained=args.pretrained, fps=args.fps,
+                          device=args.device, progress=not args.no_progress, layers=args.layers)
+    print(f"factors written to {path} (mean, var: (T, K, d); timestamps: (T,)"
+          + ("; layers: (T, K, C, H, W) uint8, and a GIF per factor beside it)" if args.layers else ")"))
     return 0
 
 
@@ -191,6 +207,25 @@ def cmd_presets(args: argparse.Namespace) -> int:
     for name, make in PRESETS.items():  # each preset's one-line summary; --show has the rest
         print(f"{name:<{width}}  {(make.__doc__ or '').strip().splitlines()[0]}")
     print("\nindpred presets --show NAME prints a preset's full config")
+    return 0
+
+
+def cmd_pretrained(args: argparse.Namespace) -> int:
+    from indpred.pretrained import card, names
+
+    if args.show:
+        print(json.dumps(card(args.show), indent=2))
+        return 0
+    shipped = names()
+    width = max(map(len, shipped), default=0)
+    for name in shipped:
+        c = card(name)
+        m = c["metrics"]
+        align = m.get("alignment")
+        print(f"{name:<{width}}  {c['description']} (ELBO {m['elbo']:.1f} nats/frame"
+              + (f", alignment {align:.3f})" if align is not None else ")"))
+    print("\nindpred pretrained --show NAME prints a model's card; indpred eval --pretrained NAME "
+          "evaluates it; in Python: indpred.load_pretrained(NAME)")
     return 0
 
 
@@ -249,7 +284,11 @@ def _add_demo(sub: Any) -> None:
 
 def _add_eval(sub: Any) -> None:
     p = sub.add_parser("eval", help="evaluate a run: ELBO, correlation, MI, generations, report")
-    p.add_argument("run_dir", help="a run folder (from indpred train)")
+    p.add_argument("run_dir", nargs="?", help="a run folder (from indpred train)")
+    p.add_argument("--pretrained", metavar="NAME", help="evaluate a shipped model instead of a run "
+                   "(indpred pretrained lists them)")
+    p.add_argument("--out", metavar="DIR", help="with --pretrained: the run folder to write it into "
+                   "(default pretrained-NAME)")
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--sequences", type=int, default=256, help="sequences to evaluate (default 256)")
     p.add_argument("--seed", type=int, help="seed of the evaluation data and noise (default: the run's)")
@@ -286,8 +325,11 @@ def _add_video(sub: Any) -> None:
 
     p = sub.add_parser("encode", help="encode a video into its factors with a trained run")
     p.add_argument("video", help="a video file")
-    p.add_argument("--run", required=True, help="a trained run folder")
+    p.add_argument("--run", help="a trained run folder")
+    p.add_argument("--pretrained", metavar="NAME", help="encode with a shipped model instead of a run")
     p.add_argument("--out", required=True, help="the .npz file to write")
+    p.add_argument("--layers", action="store_true", help="also write what each factor draws (per-factor "
+                   "generator): an array in the .npz and an animated GIF per factor")
     p.add_argument("--fps", type=float, help="frame rate to encode at (default: the run's training data)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -306,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the presets, or show one as JSON")
     p.add_argument("--show", metavar="NAME", help="print this preset's full config")
     p.set_defaults(func=cmd_presets)
+    p = sub.add_parser("pretrained", help="list the trained models shipped with indpred, or show one's card")
+    p.add_argument("--show", metavar="NAME", help="print this model's card (JSON)")
+    p.set_defaults(func=cmd_pretrained)
+
     p = sub.add_parser("download-mnist", help="download the original MNIST IDX files (md5-verified)")
     p.add_argument("--out", required=True, help="folder to download into")
     p.set_defaults(func=cmd_download_mnist)

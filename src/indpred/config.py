@@ -114,6 +114,10 @@ class TrainConfig:
     eval_every: int = 500  # steps between test-set ELBO evaluations (0: only at the end)
     checkpoint_every: int = 500  # steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 2
+    # Live curves: the log's figures as TensorBoard scalars, and reconstructions and independent
+    # generations as images at each test evaluation, in RUN_DIR/tensorboard (pip install
+    # indpred[tensorboard]); metrics.jsonl stays the record.
+    tensorboard: bool = False
     # Speed and memory; none changes what is computed beyond float rounding (docs/PERFORMANCE.md).
     # Image networks in training: "fp32" | "bf16" (autocast; ELBO in float32) | "auto" (bf16
     # where the device computes it natively: a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16).

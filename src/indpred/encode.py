@@ -22,12 +22,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from indpred.config import RunConfig
 from indpred.data.video import FRAME_SIZE, VideoReader, VideoWarning, frames_to_tensor, load_manifest
 from indpred.errors import UserError
 from indpred.model import FactoredVAE
+from indpred.report import save_gif
 from indpred.run import load_config, load_model, resolve_device
 
 __all__ = ["encode_to_file", "encode_video", "run_video_settings"]
+
+GIF_FRAMES = 300  # the GIF of what each factor draws shows at most this many frames (the array has all)
 
 
 def encode_video(
@@ -40,6 +44,7 @@ def encode_video(
     chunk: int = 256,
     device: str = "cpu",
     progress: bool = True,
+    layers: bool = False,
 ) -> dict[str, np.ndarray]:
     """Posterior means and variances of every kept frame of a video.
 
@@ -51,13 +56,19 @@ def encode_video(
 
     Returns:
         ``mean`` float32 (T, K, d), ``var`` float32 (T, K, d), ``timestamps`` float64
-        (T,): seconds since the video's first decoded frame, increasing.
+        (T,): seconds since the video's first decoded frame, increasing; with ``layers``
+        (a per-factor generator only) also ``layers`` uint8 (T, K, C, H, W): what each factor
+        draws from its posterior mean, ``sigmoid`` of its layer in 0..255.
     """
     _check_encodable(model, size, chunk)
+    if layers and model.config.decoder != "per-factor":
+        raise UserError("--layers needs a per-factor generator (model.decoder=per-factor); this model's "
+                        "shared generator mixes the factors, so no image belongs to one factor")
     dev = resolve_device(device)
     K, d = model.config.factors, model.config.factor_dim
     means: list[np.ndarray] = []
     variances: list[np.ndarray] = []
+    drawn: list[np.ndarray] = []
     times: list[float] = []
     state: torch.Tensor | None = None  # (1, P, K, d): the last posterior means the prior reads
     was_training = model.training
@@ -68,17 +79,24 @@ def encode_video(
             x = frames_to_tensor(frames)[None].to(dev)  # (1, n, 3, H, W)
             mean, var = model.encode(x, initial=state)  # (1, n, K, d) each
             state = model.carry(state, mean)
+            if layers:
+                with torch.no_grad():
+                    pixels = torch.sigmoid(model.layers(mean))[0]  # (n, K, C, H, W)
+                drawn.append((pixels * 255).round().to(torch.uint8).cpu().numpy())
             means.append(mean[0].cpu().numpy())
             variances.append(var[0].cpu().numpy())
             times.extend(stamps)
     finally:
         bar.close()
         model.train(was_training)
-    return {
+    out = {
         "mean": np.concatenate(means).astype(np.float32, copy=False).reshape(-1, K, d),  # (T, K, d)
         "var": np.concatenate(variances).astype(np.float32, copy=False).reshape(-1, K, d),  # (T, K, d)
         "timestamps": np.asarray(times, dtype=np.float64),  # (T,)
     }
+    if layers:
+        out["layers"] = np.concatenate(drawn)  # (T, K, C, H, W) uint8
+    return out
 
 
 def _check_encodable(model: FactoredVAE, size: int, chunk: int) -> None:
@@ -134,34 +152,48 @@ def run_video_settings(config: Any, fps: float | None = None) -> dict[str, Any]:
 
 
 def encode_to_file(
-    run_dir: str | Path,
+    run_dir: str | Path | None,
     video: str | Path,
     out_npz: str | Path,
     *,
+    pretrained: str | None = None,
     fps: float | None = None,
     device: str = "cpu",
     progress: bool = True,
+    layers: bool = False,
 ) -> Path:
-    """Encode ``video`` with a trained run's inference network into an ``.npz`` file.
+    """Encode ``video`` with a trained run's (or a shipped model's) inference network into an
+    ``.npz`` file.
 
-    Uses the run's latest checkpoint and its training data's frame rate and resize
-    mode (see :func:`run_video_settings`; ``fps`` overrides the rate). The file holds
-    ``mean`` and ``var`` float32 (T, K, d), ``timestamps`` float64 (T,), and as
-    0-d arrays ``fps`` (NaN: every frame), ``resize``, ``video`` and ``run``; all plain
-    arrays, readable with ``np.load(path)`` (no pickle). It is written to a temporary
-    name and renamed into place. Returns the path written.
+    Uses the run's latest checkpoint (or the shipped model ``pretrained``, with ``run_dir``
+    None) and its training data's frame rate and resize mode (see :func:`run_video_settings`;
+    ``fps`` overrides the rate). The file holds ``mean`` and ``var`` float32 (T, K, d),
+    ``timestamps`` float64 (T,), with ``layers`` also ``layers`` uint8 (T, K, C, H, W), and as
+    0-d arrays ``fps`` (NaN: every frame), ``resize``, ``video`` and ``run`` (a path, or
+    ``pretrained:NAME``); all plain arrays, readable with ``np.load(path)`` (no pickle). It is
+    written to a temporary name and renamed into place; with ``layers`` an animated GIF per
+    factor (its first ``GIF_FRAMES`` frames) goes beside it as ``OUT-factorK.gif``. Returns the
+    path written.
     """
-    run_dir, video, out = Path(run_dir), Path(video), Path(out_npz)
-    settings = run_video_settings(load_config(run_dir), fps)
-    model = load_model(run_dir, device=device)
+    video, out = Path(video), Path(out_npz)
+    if pretrained is not None:
+        from indpred.pretrained import card, load_pretrained
+
+        config, source = RunConfig.from_dict(card(pretrained)["config"]), f"pretrained:{pretrained}"
+        model = load_pretrained(pretrained, device=device)
+    else:
+        run_dir = Path(run_dir)
+        config, source = load_config(run_dir), str(run_dir.resolve())
+        model = load_model(run_dir, device=device)
+    settings = run_video_settings(config, fps)
     result = encode_video(model, video, fps=settings["fps"], size=settings["size"],
-                          resize=settings["resize"], device=device, progress=progress)
+                          resize=settings["resize"], device=device, progress=progress, layers=layers)
     arrays = {
         **result,
         "fps": np.float64(math.nan if settings["fps"] is None else settings["fps"]),
         "resize": np.array(settings["resize"]),
         "video": np.array(str(video.resolve())),
-        "run": np.array(str(run_dir.resolve())),
+        "run": np.array(source),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -174,4 +206,9 @@ def encode_to_file(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if layers:
+        for k in range(result["layers"].shape[1]):
+            frames = result["layers"][None, :GIF_FRAMES, k].astype(np.float32) / 255  # (1, T', C, H, W)
+            save_gif(frames, out_path=out.with_name(f"{out.stem}-factor{k + 1}.gif"),
+                     row_labels=[f"factor {k + 1} draws"])
     return out

@@ -43,6 +43,7 @@ from indpred.fileio import write_text_atomic
 from indpred.model import restore_buffers, snapshot_buffers
 from indpred.objective import ElboTerms, training_loss
 from indpred.train.batches import step_batches
+from indpred.train.board import Board
 from indpred.train.restarts import DormantWindow, abandons
 from indpred.train.setup import Trainer, is_out_of_memory, out_of_memory_message
 
@@ -201,6 +202,8 @@ class TrainingLoop:
         self.saved_at = counters.step if resumed else None
         self.logged = LogWindow(kl=torch.zeros(cfg.model.factors, dtype=torch.float64))
         self.log: IO[str] | None = None
+        self.board: Board | None = None  # TensorBoard, opened by run() on the main rank if asked for
+        self.resumed = resumed
         self.buffers: list[Tensor] = []  # batch norm's statistics before the current step
         self.lr, self.kl_weight = cfg.train.lr, 1.0
         self.t0 = time.perf_counter()
@@ -218,6 +221,10 @@ class TrainingLoop:
         batches = step_batches(self.train_set, tc.batch_size, self.start, tc.steps, self.device,
                                ranks=self.ranks, workers=tc.data_workers)
         self.log = (self.run_dir / runfolder.METRICS).open("a") if self.ranks.main else None
+        if tc.tensorboard and self.ranks.main:
+            # A resume drops the events after its checkpoint (as the log is trimmed); a new start
+            # (after an abandoned one) drops them all.
+            self.board = Board(self.run_dir, purge_step=self.start + 1 if self.resumed else 0)
         stopped, dormant = False, None
         self.trainer.model.train()
         try:
@@ -241,7 +248,11 @@ class TrainingLoop:
             bar.close()
             if self.log is not None:
                 self.log.close()
-        return self._finish(stopped, dormant)
+        try:
+            return self._finish(stopped, dormant)
+        finally:
+            if self.board is not None:
+                self.board.close()
 
     def _first_step(self, batches: Iterator[Tensor], signals: dict[str, bool]) -> StepFigures:
         """The session's first step, where a run too large for memory shows: one line if it is."""
@@ -304,6 +315,7 @@ class TrainingLoop:
             self.logged.reset(now)
         if self.ranks.main and tc.eval_every and c.step % tc.eval_every == 0 and c.step < tc.steps:
             self._write({"step": c.step, "split": "test", **self._test_elbo()})
+            self._board_images()
         if c.step == c.window.check and c.window.steps and abandons(self.cfg, c.attempt, c.window.mean()):
             return c.window.mean()
         if tc.checkpoint_every and c.step % tc.checkpoint_every == 0:
@@ -314,6 +326,12 @@ class TrainingLoop:
         if self.log is not None:
             self.log.write(json.dumps(record) + "\n")
             self.log.flush()
+        if self.board is not None:
+            self.board.record(record)
+
+    def _board_images(self) -> None:
+        if self.board is not None:
+            self.board.images(self.trainer.model, self.test_set, self.counters.step, self.device)
 
     def _test_elbo(self) -> dict[str, Any]:
         return dataset_elbo(self.trainer.model, self.test_set, seed=self.cfg.data.seed, device=self.device)
@@ -345,8 +363,12 @@ class TrainingLoop:
         if stopped or not self.ranks.main:
             return result
         result.test = self._test_elbo()
+        record = {"step": c.step, "split": "test", **result.test}
         with (self.run_dir / runfolder.METRICS).open("a") as f:
-            f.write(json.dumps({"step": c.step, "split": "test", **result.test}) + "\n")
+            f.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            self.board.record(record)
+            self._board_images()
         self._write_summary(result.test, elapsed)
         return result
 

@@ -35,6 +35,7 @@ from indpred.distributed import Ranks
 from indpred.errors import UserError
 from indpred.lock import run_lock
 from indpred.train import restarts
+from indpred.train.board import require_tensorboard
 from indpred.train.loop import Counters, TrainingLoop, TrainResult
 from indpred.train.setup import (
     is_out_of_memory,
@@ -93,6 +94,8 @@ def train(
             cfg.resolve()  # a config built by hand gets its derived fields; any is checked once more
             device = distributed.training_device(runfolder.resolve_device(cfg.train.device), ranks)
             datasets = make_datasets(cfg.data)  # fails early on a bad MNIST folder
+            if cfg.train.tensorboard:
+                require_tensorboard()  # before the run folder is touched
             runfolder.make_run_dir(run_dir, clear=False)
             with run_lock(run_dir, "train"):
                 if clear:
