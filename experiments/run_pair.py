@@ -37,6 +37,17 @@ def train_or_resume(cfg, run: Path, steps: int, progress: bool) -> None:
     train(cfg, run, resume=resume, steps=steps, progress=progress)
 
 
+def keep_record(run: Path, folder: Path) -> Path:
+    """One JSON file with what a run's tables need: its config, summary and evaluation."""
+    record = {name: json.loads((run / path).read_text()) if (run / path).is_file() else None
+              for name, path in (("config", "config.json"), ("summary", "summary.json"),
+                                 ("eval", "eval/metrics.json"))}
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{run.name}.json"
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    return out
+
+
 def spread(values: list[float | None]) -> dict[str, float | None]:
     vals = [v for v in values if v is not None]
     if not vals:
@@ -100,6 +111,9 @@ def main() -> None:
     p.add_argument("--no-train", action="store_true",
                    help="train nothing: evaluate the runs in --out at the step each reached (runs "
                         "trained elsewhere, e.g. by experiments/gpu_pair.sh) and assemble the tables")
+    p.add_argument("--record", metavar="DIR",
+                   help="also keep each evaluated run's config, training summary and evaluation as one "
+                        "small JSON file DIR/RUN.json (commit it: run folders do not outlive a session)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
@@ -126,13 +140,13 @@ def main() -> None:
                                      "train it first (or drop --no-train)")
             else:
                 train_or_resume(cfg, run, steps, not args.no_progress)
-            if recorded_step(run / "eval" / "metrics.json") == steps:  # evaluated after its last step already
-                runs[name].append(run)
-                continue
-            evaluate_run(run, sequences=8 if args.tiny else args.eval_sequences,
-                         iw_samples=2 if args.tiny else 10, partitions=2 if args.tiny else 20,
-                         progress=not args.no_progress)
+            if recorded_step(run / "eval" / "metrics.json") != steps:  # not evaluated after its last step yet
+                evaluate_run(run, sequences=8 if args.tiny else args.eval_sequences,
+                             iw_samples=2 if args.tiny else 10, partitions=2 if args.tiny else 20,
+                             progress=not args.no_progress)
             runs[name].append(run)
+            if args.record:
+                keep_record(run, Path(args.record))
 
     all_runs = runs["factored"] + runs["entangled"]
     md, md_path, _ = write_comparison(all_runs, out / "comparison")

@@ -44,8 +44,11 @@ def test_run_pair_tiny_then_rerun_skips_finished_runs(tmp_path):
 def test_entangled_only_trains_the_twins_alone_and_refuses_to_train_nothing(tmp_path):
     out = tmp_path / "pair"
     done = run("--tiny", "--seeds", "0", "--steps", "2", "--entangled-only", "--out", str(out),
-               "--no-progress")
+               "--no-progress", "--record", str(tmp_path / "records"))
     assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "records" / "entangled-seed0.json").read_text())
+    assert record["eval"] == json.loads((out / "entangled-seed0" / "eval" / "metrics.json").read_text())
+    assert record["config"]["model"]["factors"] == 1 and record["summary"]["step"] == 2
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["entangled-seed0"]
     assert list(json.loads((out / "summary.json").read_text())) == ["entangled"]
     both = run("--tiny", "--no-entangled", "--entangled-only", "--out", str(out))
