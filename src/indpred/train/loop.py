@@ -7,12 +7,17 @@ repeats exactly what an uninterrupted one would have done. Each step, on every r
 1. the learning rate (``train.lr`` decayed by ``train.lr_decay`` every ``lr_decay_every``
    steps) and the KL weight (warm-up over ``train.kl_warmup`` steps) for this step;
 2. forward and backward (:func:`forward_backward`), gradient clipping (``train.grad_clip``);
-3. the step's figures, gathered in one transfer (:class:`StepFigures`, all-reduced over ranks);
-4. a non-finite loss or gradient: the update is skipped and batch norm's statistics
-   restored; else ``optimizer.step()``, then logging, the periodic test ELBO, the
-   dormant-factor check (:mod:`~indpred.train.restarts`) and checkpoints.
+3. the step's figures packed in one device tensor (:func:`pack_figures`, all-reduced over
+   ranks) and the update decided on the device (:mod:`~indpred.train.update`): a
+   non-finite loss or gradient leaves parameters, Adam's state and batch norm's statistics
+   as they were.
 
-Rank 0 alone logs, evaluates and writes checkpoints.
+Nothing of that is read on the host. At a sync point (a log, test-ELBO, dormant-check or
+checkpoint step, and the last) the figures since the previous one come back in one
+transfer and are replayed in order, exactly as a loop reading them every step would have:
+skipped steps are counted and logged, good ones fill the log window and the dormant
+window, then the step's log line, test ELBO, dormant check and checkpoint follow; a stop
+signal is read there too. Rank 0 alone logs, evaluates and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -40,12 +45,13 @@ from indpred.distributed import SINGLE, Ranks
 from indpred.errors import UserError
 from indpred.eval.elbo import dataset_elbo
 from indpred.fileio import write_text_atomic
-from indpred.model import restore_buffers, snapshot_buffers
+from indpred.model import snapshot_buffers
 from indpred.objective import ElboTerms, training_loss
 from indpred.train.batches import step_batches
 from indpred.train.board import Board
 from indpred.train.restarts import DormantWindow, abandons
 from indpred.train.setup import Trainer, is_out_of_memory, out_of_memory_message
+from indpred.train.update import finite, masked_restore_buffers, masked_step
 
 
 @dataclass
@@ -80,31 +86,35 @@ def forward_backward(trainer: Trainer, frames: Tensor, noise: Tensor, kl_weight:
 
 @dataclass
 class StepFigures:
-    """What a step decides on and logs, as plain numbers (means over every rank's batch)."""
+    """What a step decides on and logs, as plain numbers (means over every rank's batch),
+    read back at a sync point from the step's packed device tensor (:func:`pack_figures`)."""
 
     loss: float
     grad_norm: float
     elbo: float
     log_likelihood: float
     kl: list[float]  # (K,)
-    stop: bool  # a stop signal reached some rank
 
     @classmethod
-    def gather(cls, loss: Tensor, grad_norm: Tensor, terms: ElboTerms, stop: bool,
-               ranks: Ranks) -> StepFigures:
-        """All figures in one device-to-host transfer (and one all-reduce over several ranks)."""
-        packed = torch.cat([loss.detach().reshape(1), grad_norm.reshape(1).to(loss),
-                            terms.elbo.mean().reshape(1), terms.log_likelihood.mean().reshape(1),
-                            terms.kl.mean(0), loss.new_full((1,), float(stop))])
-        if ranks.active:
-            distributed.all_reduce_sum(packed, ranks)
-            packed[:-1] /= ranks.world
-        loss_v, norm_v, elbo_v, ll_v, *kl_v, stop_v = packed.tolist()
-        return cls(loss_v, norm_v, elbo_v, ll_v, kl_v, stop_v > 0)
+    def unpack(cls, values: list[float]) -> StepFigures:
+        loss_v, norm_v, elbo_v, ll_v, *kl_v = values
+        return cls(loss_v, norm_v, elbo_v, ll_v, kl_v)
 
     @property
     def finite(self) -> bool:
         return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
+
+
+def pack_figures(loss: Tensor, grad_norm: Tensor, terms: ElboTerms, ranks: Ranks) -> Tensor:
+    """A step's figures in one device tensor (4 + K,): loss, gradient norm, ELBO, log-likelihood,
+    KL per factor; averaged over ranks by one all-reduce (no host round-trip)."""
+    packed = torch.cat([loss.detach().reshape(1), grad_norm.reshape(1).to(loss),
+                        terms.elbo.mean().reshape(1), terms.log_likelihood.mean().reshape(1),
+                        terms.kl.mean(0)])
+    if ranks.active:
+        distributed.all_reduce_sum(packed, ranks)
+        packed /= ranks.world
+    return packed
 
 
 @dataclass
@@ -205,6 +215,7 @@ class TrainingLoop:
         self.board: Board | None = None  # TensorBoard, opened by run() on the main rank if asked for
         self.resumed = resumed
         self.buffers: list[Tensor] = []  # batch norm's statistics before the current step
+        self.pending: list[Tensor] = []  # each step's packed figures since the last sync point
         self.lr, self.kl_weight = cfg.train.lr, 1.0
         self.t0 = time.perf_counter()
 
@@ -231,16 +242,17 @@ class TrainingLoop:
             with stop_on_signals() as signals:
                 while c.step < tc.steps:
                     if c.step == self.start:  # where a run too large for memory shows
-                        figures = self._first_step(batches, signals)
+                        self._first_step(batches)
                     else:
-                        figures = self._step(next(batches), signals)
+                        self._step(next(batches))
                     bar.update(1)
-                    if not figures.finite:
-                        self._skip()
-                    elif (dormant := self._update(figures, bar, interactive)) is not None:
-                        stopped = figures.stop
+                    if not self._sync_point(c.step):
+                        continue
+                    dormant, stop = self._settle(bar, interactive, signals)
+                    if dormant is not None:
+                        stopped = stop
                         break
-                    if figures.stop:
+                    if stop:
                         stopped = c.step < tc.steps
                         break
         finally:
@@ -254,17 +266,18 @@ class TrainingLoop:
             if self.board is not None:
                 self.board.close()
 
-    def _first_step(self, batches: Iterator[Tensor], signals: dict[str, bool]) -> StepFigures:
+    def _first_step(self, batches: Iterator[Tensor]) -> None:
         """The session's first step, where a run too large for memory shows: one line if it is."""
         try:
-            return self._step(next(batches), signals)
+            self._step(next(batches))
         except Exception as e:
             if is_out_of_memory(e):
                 raise UserError(out_of_memory_message(self.cfg, "at the first step", e)) from None
             raise
 
-    def _step(self, frames: Tensor, signals: dict[str, bool]) -> StepFigures:
-        """Forward, backward and clipping of one batch (B, T, C, H, W); no update yet."""
+    def _step(self, frames: Tensor) -> None:
+        """Forward, backward, clipping and the update of one batch (B, T, C, H, W), all on the
+        device: a non-finite step changes nothing (:mod:`~indpred.train.update`)."""
         tc, c, model, ranks = self.cfg.train, self.counters, self.trainer.model, self.ranks
         self.lr = tc.lr * tc.lr_decay ** (c.step // tc.lr_decay_every)
         for group in self.trainer.optimizer.param_groups:
@@ -278,34 +291,69 @@ class TrainingLoop:
         loss, terms = forward_backward(self.trainer, frames, eps, self.kl_weight, tc.free_bits, ranks)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                    tc.grad_clip if tc.grad_clip else math.inf)
-        figures = StepFigures.gather(loss, grad_norm, terms, signals["stop"], ranks)
-        figures.stop = figures.stop or (not ranks.active and signals["stop"])
+        packed = pack_figures(loss, grad_norm, terms, ranks)  # (4 + K,)
+        ok = finite(packed[0], packed[1])  # on every rank alike: the figures are global
+        masked_step(self.trainer.optimizer, ok)
+        masked_restore_buffers(model, self.buffers, ok)
+        self.pending.append(packed)
         c.step += 1
-        return figures
 
-    def _skip(self) -> None:
-        """A non-finite loss or gradient: no update, batch norm's statistics undone, counted."""
+    def _sync_point(self, step: int) -> bool:
+        """Whether the loop reads the figures back after ``step``: a step that logs, evaluates,
+        checks for a dormant factor or saves, and the last."""
+        tc = self.cfg.train
+        return (step % tc.log_every == 0 or step == tc.steps or step == self.counters.window.check
+                or bool(tc.eval_every and step % tc.eval_every == 0)
+                or bool(tc.checkpoint_every and step % tc.checkpoint_every == 0))
+
+    def _settle(self, bar: tqdm, interactive: bool, signals: dict[str, bool]
+                ) -> tuple[list[float] | None, bool]:
+        """Read the figures since the last sync point in one transfer and replay them in order;
+        then this step's log, test ELBO, dormant check and checkpoint if it was a good step.
+        Returns the window's KL if this start is abandoned, and whether to stop."""
         c = self.counters
-        restore_buffers(self.trainer.model, self.buffers)
-        self.trainer.optimizer.zero_grad(set_to_none=True)
+        values = torch.stack(self.pending).tolist()  # the one host transfer since the last sync point
+        first = c.step - len(values) + 1
+        self.pending.clear()
+        good = False
+        for step, v in enumerate(values, start=first):
+            figures = StepFigures.unpack(v)
+            good = figures.finite
+            if good:
+                c.bad_in_a_row = 0
+                self.logged.add(figures)
+                c.window.add(step, figures.kl)
+            else:
+                self._skip(step)
+        stop = self._stop_requested(signals)
+        if not good:  # a skipped step does nothing more, as if it had never run
+            return None, stop
+        return self._after_good_step(bar, interactive), stop
+
+    def _stop_requested(self, signals: dict[str, bool]) -> bool:
+        """Whether a stop signal reached some rank (one all-reduce over several)."""
+        if not self.ranks.active:
+            return signals["stop"]
+        flag = torch.tensor([float(signals["stop"])], device=self.device)
+        return distributed.all_reduce_sum(flag, self.ranks).item() > 0
+
+    def _skip(self, step: int) -> None:
+        """A non-finite loss or gradient at ``step``: nothing was updated; count and log it."""
+        c = self.counters
         c.skipped += 1
         c.bad_in_a_row += 1
-        self._write({"step": c.step, "split": "train", "skipped": "non-finite loss or gradient",
+        self._write({"step": step, "split": "train", "skipped": "non-finite loss or gradient",
                      "skipped_total": c.skipped})
         if c.bad_in_a_row >= self.cfg.train.max_bad_steps:
             last = latest_checkpoint(self.run_dir / runfolder.CHECKPOINTS) if self.ranks.main else None
-            raise UserError(f"training stopped at step {c.step}: {c.bad_in_a_row} steps in a row had a "
+            raise UserError(f"training stopped at step {step}: {c.bad_in_a_row} steps in a row had a "
                             f"non-finite loss or gradient; the last good checkpoint "
                             f"({last.name if last else 'none'}) "
                             "is intact. Lower train.lr or set train.grad_clip, then --resume")
 
-    def _update(self, figures: StepFigures, bar: tqdm, interactive: bool) -> list[float] | None:
-        """The update of a good step and what follows it; the window's KL if this start is abandoned."""
+    def _after_good_step(self, bar: tqdm, interactive: bool) -> list[float] | None:
+        """What follows a good step at a sync point; the window's KL if this start is abandoned."""
         tc, c = self.cfg.train, self.counters
-        c.bad_in_a_row = 0
-        self.trainer.optimizer.step()
-        self.logged.add(figures)
-        c.window.add(c.step, figures.kl)
         if (c.step % tc.log_every == 0 or c.step == tc.steps) and self.logged.n:
             now = time.perf_counter()
             record = self.logged.record(c.step, self.lr, self.kl_weight, self.frames_per_step, now)

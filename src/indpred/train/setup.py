@@ -95,7 +95,10 @@ def make_trainer(model: FactoredVAE, cfg: RunConfig, device: torch.device,
             objective, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
     if tc.compile != "off":
         objective = torch.compile(objective, mode=None if tc.compile == "default" else tc.compile)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.9, tc.adam_beta2))
+    # On a GPU Adam keeps its step count on the device (capturable), so that an update decided
+    # there (indpred.train.update) never waits for the host; a CPU has no such wait.
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.9, tc.adam_beta2),
+                                 capturable=device.type == "cuda")
     return Trainer(model=model, objective=objective, optimizer=optimizer,
                    cuda_graphs=tc.compile in ("reduce-overhead", "max-autotune"))
 
