@@ -8,6 +8,9 @@ on the same frames and noise:
   flags say (precision, channels-last, compilation, activation checkpointing);
 * ``floor``: the encoder and the generator alone, forward and backward, executing the
   same way: what no implementation of the model can beat;
+* ``step-host`` and ``step-device`` (ask for them with ``--variants``): the training loop's
+  whole step, with the figures read back and the update decided on the host every step (as
+  before issue 18) and on the device (as now: ``indpred.train.update``);
 * ``naive``: the same model computed naively (``indpred.testing.naive``: image networks
   once per time step, a Python loop over factors; float32, eager), with its Adam step;
 
@@ -35,6 +38,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import copy
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -42,8 +46,12 @@ from collections.abc import Callable
 import torch
 
 from indpred.config import RunConfig, apply_overrides, get_preset
+from indpred.distributed import SINGLE
+from indpred.model import snapshot_buffers
 from indpred.testing.naive import naive_sequence_elbo
 from indpred.train import forward_backward, make_model, make_trainer
+from indpred.train.loop import pack_figures
+from indpred.train.update import finite, masked_restore_buffers, masked_step
 from machine import cpu_model  # benchmarks/machine.py (scripts run from this folder)
 
 WIDTHS = {"paper": "mmnist-2f", "demo": "demo"}  # width name -> the preset it comes from
@@ -80,6 +88,30 @@ def variants(cfg: RunConfig, device: torch.device, names: list[str]) -> dict[str
             trainer.optimizer.step()
 
         steps["model"] = model_step
+    if "step-host" in names or "step-device" in names:
+        # The loop's whole step as it was (figures read back every step, the NaN check and the
+        # update decided on the host) and as it is (all on the device, read at sync points).
+        for name, on_device in (("step-host", False), ("step-device", True)):
+            if name not in names:
+                continue
+            loop_model = copy.deepcopy(model)
+            loop_trainer = make_trainer(loop_model, cfg, device)
+
+            def loop_step(trainer=loop_trainer, net=loop_model, on_device=on_device) -> None:
+                saved = snapshot_buffers(net)
+                loss, terms = forward_backward(trainer, frames, noise)
+                norm = torch.nn.utils.clip_grad_norm_(net.parameters(), math.inf)
+                packed = pack_figures(loss, norm, terms, SINGLE)
+                if on_device:
+                    ok = finite(packed[0], packed[1])
+                    masked_step(trainer.optimizer, ok)
+                    masked_restore_buffers(net, saved, ok)
+                    return
+                values = packed.tolist()  # the old step: one transfer, then decided on the host
+                if math.isfinite(values[0]) and math.isfinite(values[1]):
+                    trainer.optimizer.step()
+
+            steps[name] = loop_step
     if "floor" in names:
         floor_model = copy.deepcopy(model)
         z = torch.randn(B, T, mc.factors, mc.factor_dim, device=device, generator=gen, requires_grad=True)
