@@ -49,6 +49,13 @@ def test_entangled_only_trains_the_twins_alone_and_refuses_to_train_nothing(tmp_
     record = json.loads((tmp_path / "records" / "entangled-seed0.json").read_text())
     assert record["eval"] == json.loads((out / "entangled-seed0" / "eval" / "metrics.json").read_text())
     assert record["config"]["model"]["factors"] == 1 and record["summary"]["step"] == 2
+    table = subprocess.run([sys.executable, str(ROOT / "experiments" / "motion_table.py"),
+                            str(tmp_path / "records" / "entangled-seed0.json"), str(out / "entangled-seed0")],
+                           capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.strip().splitlines()[2:]  # a row each, the record's and the folder's alike
+    assert len(rows) == 2 and rows[0].split("|")[2:] == rows[1].split("|")[2:]
+    assert f"{record['eval']['elbo']['elbo']:.1f}" in rows[0]
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["entangled-seed0"]
     assert list(json.loads((out / "summary.json").read_text())) == ["entangled"]
     both = run("--tiny", "--no-entangled", "--entangled-only", "--out", str(out))
