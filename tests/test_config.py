@@ -79,6 +79,8 @@ def test_unknown_keys_are_still_refused():
                 transition_hidden=9, transition_layers=1),
     ModelConfig(factors=1, factor_dim=32, width=0.125, decoder="per-factor", transition_layers=2),
     ModelConfig(factors=8, factor_dim=8, width=0.06, decoder="per-factor"),  # channels floored at 1
+    ModelConfig(image_size=32, width=0.25, decoder="per-factor"),  # the authors' 32-px frames
+    ModelConfig(image_size=128, width=0.125, channels=1),
 ])
 def test_the_closed_form_parameter_sizes_are_the_models(model):
     built = FactoredVAE(model)

@@ -290,6 +290,23 @@ def test_per_factor_decoder_keeps_the_channel_widths_and_splits_them():
         p.numel() for p in shared.decoder.parameters())  # K = 1: the paper's generator
 
 
+@pytest.mark.parametrize(("size", "blocks"), [(32, 3), (64, 4), (128, 5)])
+def test_the_image_networks_take_their_depth_from_the_frame_size(size, blocks):
+    model = FactoredVAE(small(image_size=size, decoder="per-factor")).eval()
+    strided = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(strided) == blocks and strided[-1].out_channels == round(512 * 0.125)  # 4 x 4: the widest
+    up = [m for m in model.decoder.modules()
+          if isinstance(m, torch.nn.ConvTranspose2d) and m.stride == (2, 2)]
+    assert len(up) == blocks
+    frames = torch.rand(2, 3, 3, size, size)
+    with torch.no_grad():
+        f = model.filter(frames)
+        assert model.decode(f.z).shape == frames.shape and model.layers(f.z).shape == (2, 3, 2, 3, size, size)
+    with pytest.raises(ValueError, match=f"expected frames of shape \\(B, T, 3, {size}, {size}\\)"):
+        other = 64 if size != 64 else 32
+        model.filter(torch.rand(1, 2, 3, other, other))
+
+
 def test_buffer_snapshot_undoes_what_a_training_step_did_to_batch_norm():
     model = FactoredVAE(small()).train()
     before = [b.clone() for b in model.buffers()]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from indpred.errors import UserError
-from indpred.sizes import check_sizes
+from indpred.sizes import IMAGE_SIZES, check_sizes
 
 
 @dataclass
@@ -27,7 +27,7 @@ class ModelConfig:
     factor_dim: int = 16  # d, units per factor
     # The frames.
     channels: int = 3  # C; derived from the data when the data says (see RunConfig.resolve)
-    image_size: int = 64  # the DCGAN nets are built for 64 x 64
+    image_size: int = 64  # frame side: 32, 64 (the paper's) or 128; the nets' depth follows it
     # The networks' sizes.
     width: float = 1.0  # multiplier of the conv channel widths (1.0 = the paper's 64..512)
     enc_dim: int = 32  # output units of the image encoder
@@ -241,7 +241,8 @@ def validate(cfg: RunConfig) -> None:
         (m.width > 0 and math.isfinite(m.width), f"model.width must be > 0 and finite, got {m.width}"),
         (m.obs_var > 0, f"model.obs_var (σ_x²) must be > 0, got {m.obs_var}"),
         (m.channels >= 1, f"model.channels must be >= 1, got {m.channels}"),
-        (m.image_size == 64, f"model.image_size must be 64 (the DCGAN nets), got {m.image_size}"),
+        (m.image_size in IMAGE_SIZES, f"model.image_size must be one of {', '.join(map(str, IMAGE_SIZES))} "
+         f"(the DCGAN nets), got {m.image_size}"),
         (m.enc_dim >= 1 and m.transition_hidden >= 1, "model.enc_dim and transition_hidden must be >= 1"),
         (m.transition_layers >= 1, f"model.transition_layers must be >= 1, got {m.transition_layers}"),
         (m.transition_order in (1, 2), f"model.transition_order must be 1 or 2, got {m.transition_order}"),

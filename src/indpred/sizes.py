@@ -6,6 +6,7 @@ could not be allocated, before anything is built.
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING
 
 from indpred.errors import UserError
@@ -13,12 +14,35 @@ from indpred.errors import UserError
 if TYPE_CHECKING:
     from indpred.config import ModelConfig
 
-__all__ = ["MAX_PARAMETERS", "MAX_TENSOR", "channels", "check_sizes", "parameter_sizes"]
+__all__ = ["IMAGE_SIZES", "MAX_PARAMETERS", "MAX_TENSOR", "channels", "check_sizes", "decoder_bases",
+           "encoder_bases", "parameter_sizes", "stride2_blocks"]
 
 
 def channels(base: int, width: float) -> int:
     """Conv channel count ``base`` scaled by the width multiplier ``model.width`` (at least 1)."""
     return max(1, round(base * width))
+
+
+IMAGE_SIZES = (32, 64, 128)  # frame sides the DCGAN networks are built for
+
+
+def stride2_blocks(image_size: int) -> int:
+    """The image networks' stride-2 blocks: one per factor of two between 4 and ``image_size``
+    (3 at 32 px, 4 at the paper's 64, 5 at 128)."""
+    return image_size.bit_length() - 3
+
+
+def encoder_bases(image_size: int) -> list[int]:
+    """The encoder's channel bases, first block first: 512 at 4 x 4, halving per doubling of the
+    side (64, 128, 256, 512 at 64 px, the paper's)."""
+    n = stride2_blocks(image_size)
+    return [512 >> (n - 1 - i) for i in range(n)]
+
+
+def decoder_bases(image_size: int) -> list[int]:
+    """The generator's channel bases before its last layer: 512 at 4 x 4, halving per doubling
+    (512, 256, 128, 64 at 64 px, the paper's)."""
+    return encoder_bases(image_size)[::-1]
 
 
 
@@ -43,13 +67,14 @@ def parameter_sizes(m: ModelConfig) -> dict[str, list[tuple[int, int]]]:
     """
     K, d, C, E = m.factors, m.factor_dim, m.channels, m.enc_dim
     z, h, L = K * d, m.transition_hidden, m.transition_layers
-    e1, e2, e3, e4 = (channels(b, m.width) for b in (64, 128, 256, 512))
+    e = [channels(b, m.width) for b in encoder_bases(m.image_size)]
     G = K if m.decoder == "per-factor" else 1
-    g1, g2, g3, g4 = (G * channels(b, m.width / G) for b in (512, 256, 128, 64))
+    g = [G * channels(b, m.width / G) for b in decoder_bases(m.image_size)]
     return {
-        # Four 4 x 4 convs, the 4 x 4 conv to enc_dim and its bias, batch norms' scales and shifts.
-        "encoder": [(16 * C * e1, 1), (16 * e1 * e2, 1), (16 * e2 * e3, 1), (16 * e3 * e4, 1),
-                    (16 * e4 * E, 1), (E, 1), *((c, 2) for c in (e1, e2, e3, e4))],
+        # The stride-2 4 x 4 convs, the 4 x 4 conv to enc_dim and its bias, batch norms' scales
+        # and shifts.
+        "encoder": [(16 * a * b, 1) for a, b in zip([C, *e[:-1]], e)]
+                   + [(16 * e[-1] * E, 1), (E, 1), *((c, 2) for c in e)],
         # from_x; from_mean, from_std and the two heads; joint; the six biases.
         "posterior": [(E * z, 1), (z * z, 4), (3 * z * z, 1), (z, 6)],
         # K stacked MLPs order·d → h (L hidden layers) → 2d: weights, then biases.
@@ -57,9 +82,9 @@ def parameter_sizes(m: ModelConfig) -> dict[str, list[tuple[int, int]]]:
                        (K * h, L), (K * 2 * d, 1)],
         # The linear layer (block-diagonal when G > 1) and its bias; five grouped 4 x 4 transposed
         # convs, the last with a bias; batch norms' scales and shifts.
-        "decoder": [(z * z // G, 1), (z, 1), (16 * z * g1 // G, 1), (16 * g1 * g2 // G, 1),
-                    (16 * g2 * g3 // G, 1), (16 * g3 * g4 // G, 1), (16 * g4 * C, 1), (G * C, 1),
-                    *((c, 2) for c in (g1, g2, g3, g4))],
+        "decoder": [(z * z // G, 1), (z, 1), (16 * z * g[0] // G, 1)]
+                   + [(16 * a * b // G, 1) for a, b in itertools.pairwise(g)]
+                   + [(16 * g[-1] * C, 1), (G * C, 1), *((c, 2) for c in g)],
     }
 
 

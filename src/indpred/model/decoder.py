@@ -1,7 +1,7 @@
 """DCGAN generator g: the mean of the likelihood p(x_t | z_t) = N(g(z_t), σ_x² I).
 
-Input (N, z_dim) latents, N = B·T (all frames of a batch at once); output (N, C, 64, 64),
-pixel means in (0, 1) (a sigmoid, like the data).
+Input (N, z_dim) latents, N = B·T (all frames of a batch at once); output (N, C, S, S),
+S = 32, 64 (the paper's) or 128, pixel means in (0, 1) (a sigmoid, like the data).
 
 Two layouts, one class (``groups``):
 - ``groups=1`` is the paper's generator: one network over the whole state z_t.
@@ -15,43 +15,39 @@ Two layouts, one class (``groups``):
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor, nn
 
-from indpred.sizes import channels
+from indpred.sizes import channels, decoder_bases
 
 
 class Decoder(nn.Module):
-    """Linear, then five transposed convs from 1x1 to 64x64 (batch norm and ReLU between)."""
+    """Linear, then transposed convs from 1x1 up to S x S (five at 64 px; batch norm and ReLU
+    between), one stride-2 block per factor of two."""
 
-    def __init__(self, *, z_dim: int, out_channels: int, width: float = 1.0, groups: int = 1) -> None:
+    def __init__(self, *, z_dim: int, out_channels: int, width: float = 1.0, groups: int = 1,
+                 image_size: int = 64) -> None:
         super().__init__()
         if z_dim % groups:
             raise ValueError(f"z_dim {z_dim} is not divisible into {groups} groups")
         G = groups
-        c1, c2, c3, c4 = (G * channels(b, width / G) for b in (512, 256, 128, 64))
+        widths = [G * channels(b, width / G) for b in decoder_bases(image_size)]  # 512 … 64 at 64 px
         # One Linear per factor (block-diagonal); the plain Linear when there is one group.
         fc = nn.Linear(z_dim, z_dim) if G == 1 else nn.Conv2d(z_dim, z_dim, 1, groups=G)
         self.fc = nn.Sequential(fc, nn.ReLU(inplace=True))
-        self.net = nn.Sequential(
-            nn.ConvTranspose2d(z_dim, c1, 4, 1, 0, bias=False, groups=G),  # c1 x 4 x 4
-            nn.BatchNorm2d(c1),
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(c1, c2, 4, 2, 1, bias=False, groups=G),  # c2 x 8 x 8
-            nn.BatchNorm2d(c2),
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(c2, c3, 4, 2, 1, bias=False, groups=G),  # c3 x 16 x 16
-            nn.BatchNorm2d(c3),
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(c3, c4, 4, 2, 1, bias=False, groups=G),  # c4 x 32 x 32
-            nn.BatchNorm2d(c4),
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(c4, G * out_channels, 4, 2, 1, groups=G),  # G·C x 64 x 64
-        )
+        layers: list[nn.Module] = [nn.ConvTranspose2d(z_dim, widths[0], 4, 1, 0, bias=False, groups=G),
+                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]  # c x 4 x 4
+        for c_in, c_out in itertools.pairwise(widths):  # each doubles the side: 8 … S/2
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False, groups=G),
+                       nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        layers.append(nn.ConvTranspose2d(widths[-1], G * out_channels, 4, 2, 1, groups=G))  # G·C x S x S
+        self.net = nn.Sequential(*layers)
         self.groups = G
 
     def layers(self, z: Tensor) -> Tensor:
-        """Each group's image before the final activation: (N, z_dim) → (N, G, C, 64, 64) float32.
+        """Each group's image before the final activation: (N, z_dim) → (N, G, C, S, S) float32.
 
         With ``groups=K`` layer k depends on factor k's units alone; the frame's pixel means
         are ``sigmoid`` of the layers' sum (:meth:`forward`).
@@ -60,7 +56,7 @@ class Decoder(nn.Module):
             h = self.fc(z)[:, :, None, None]  # (N, z_dim, 1, 1)
         else:
             h = self.fc(z[:, :, None, None])  # (N, z_dim, 1, 1), each factor's units on their own
-        return self.net(h).float().unflatten(1, (self.groups, -1))  # (N, G, C, 64, 64) float32
+        return self.net(h).float().unflatten(1, (self.groups, -1))  # (N, G, C, S, S) float32
 
     def forward(self, z: Tensor) -> Tensor:
-        return torch.sigmoid(self.layers(z).sum(1))  # (N, C, 64, 64): the factors' images added
+        return torch.sigmoid(self.layers(z).sum(1))  # (N, C, S, S): the factors' images added

@@ -78,7 +78,8 @@ class FactoredVAE(nn.Module):
         self.config = config
         c = config
         bounds = (c.logvar_min, c.logvar_max)
-        self.encoder = Encoder(in_channels=c.channels, width=c.width, out_dim=c.enc_dim)
+        self.encoder = Encoder(in_channels=c.channels, width=c.width, out_dim=c.enc_dim,
+                               image_size=c.image_size)
         self.posterior = Posterior(enc_dim=c.enc_dim, z_dim=c.z_dim, logvar_bounds=bounds)
         self.transition = FactoredTransition(
             factors=c.factors, factor_dim=c.factor_dim, hidden=c.transition_hidden,
@@ -86,7 +87,7 @@ class FactoredVAE(nn.Module):
         )
         self.decoder = Decoder(
             z_dim=c.z_dim, out_channels=c.channels, width=c.width,
-            groups=c.factors if c.decoder == "per-factor" else 1,
+            groups=c.factors if c.decoder == "per-factor" else 1, image_size=c.image_size,
         )
         self.precision = "fp32"
         self.channels_last = False
