@@ -136,3 +136,13 @@ def test_separation_lines_say_which_factor_drives_which_digit(tmp_path):
     assert "factor 1 → digit 2 (green), factor 2 → digit 1 (red)" in aligned and "separated:" in aligned
     assert mixed.endswith("not separated") and "alignment 0.53" in mixed
     assert "group 1 → digit 2 (green)" in twin
+
+
+@pytest.mark.parametrize("size", [32, 128])
+def test_runs_at_other_frame_sizes_train_and_evaluate(tmp_path, tiny_config, size):
+    cfg = apply_overrides(tiny_config, [f"data.image_size={size}", "data.seq_len=4"])
+    assert cfg.model.image_size == size  # the networks follow the data
+    train(cfg, tmp_path / "run", steps=2, progress=False)
+    m = evaluate_run(tmp_path / "run", **FAST)
+    assert m["alignment"]["score"] >= 0.5 - 1e-9 and len(m["prediction"]["psnr_mean_rollout"]) == 2
+    assert m["layers"]["tracking"]["error_px"] <= size * 2 ** 0.5

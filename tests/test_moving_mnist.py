@@ -376,3 +376,35 @@ def test_index_and_batch_errors() -> None:
         ds.get_batch([])
     with pytest.raises(TypeError):
         MovingMNIST(2)  # keyword-only
+
+
+# --- frames of 32 and 128 pixels ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kinematics", ["standard", "integer", "circular"])
+@pytest.mark.parametrize(("size", "digit"), [(32, 14), (128, 56)])
+def test_other_frame_sizes_are_the_64_pixel_sequences_scaled(size, digit, kinematics):
+    base = make(seq_len=12, kinematics=kinematics).get_batch(range(6))
+    other = make(seq_len=12, kinematics=kinematics, image_size=size, digit_size=digit).get_batch(range(6))
+    s = size / 64
+    torch.testing.assert_close(other["positions"], base["positions"] * s, atol=1e-4, rtol=0)
+    torch.testing.assert_close(other["velocities"], base["velocities"] * s, atol=1e-4, rtol=0)
+    assert torch.equal(other["labels"], base["labels"])
+    assert other["frames"].shape == (6, 12, 3, size, size)
+    # physics in the new units: inside [0, size − digit], speed 3.6 · s for the standard kinematics
+    assert other["positions"].min() >= 0 and other["positions"].max() <= size - digit + 1e-4
+    if kinematics != "integer":
+        speed = other["velocities"].norm(dim=-1)
+        torch.testing.assert_close(speed, torch.full_like(speed, STANDARD_SPEED * s), atol=1e-4, rtol=0)
+
+
+def test_a_scaled_digit_is_drawn_resized_where_its_position_says():
+    data = make(n_digits=1, seq_len=3, image_size=32, digit_size=14, colour=False)
+    item = data.get_batch([0])
+    digit = torch.from_numpy(data._images[data.draw_batch([0]).pool.numpy()]).float() / 255  # (1, 1, 28, 28)
+    small = torch.nn.functional.avg_pool2d(digit, 2)  # (1, 1, 14, 14): exact 2 x 2 means
+    for t in range(3):
+        r, c = torch.round(item["positions"][0, t, 0]).long().tolist()
+        drawn = item["frames"][0, t, 0, r:r + 14, c:c + 14]
+        torch.testing.assert_close(drawn, small[0, 0], atol=1e-6, rtol=0)
+        assert item["frames"][0, t].sum() == pytest.approx(float(small.sum()), abs=1e-4)  # nothing else drawn

@@ -375,7 +375,7 @@ def test_argument_errors(tmp_path):
         (dict(src=empty), "no videos in"),
         (dict(src=one, fps=0), "fps must be > 0"),
         (dict(src=one, fps=-2.0), "fps must be > 0"),
-        (dict(src=one, size=32), "size must be 64"),
+        (dict(src=one, size=48), "size must be one of 32, 64, 128"),
         (dict(src=one, resize="stretch"), "unknown resize mode"),
         (dict(src=one, test_fraction=1.5), "test_fraction must be"),
         (dict(src=one, test_videos=["one"]), "single video"),
@@ -717,3 +717,19 @@ def test_load_manifest_detects_damage(prepared):
     with pytest.raises(UserError, match="cannot read"):
         load_manifest(prepared)
 
+
+
+def test_a_folder_prepared_at_32_pixels_trains_at_32_and_says_so_otherwise(tmp_path):
+    from indpred.config import DataConfig
+    from indpred.data.factory import make_dataset
+
+    two = tmp_path / "two"
+    two.mkdir()
+    indexed_video(two / "a.mkv", 12)
+    indexed_video(two / "b.mkv", 12)
+    prepare_videos(two, tmp_path / "p32", fps=5.0, size=32, progress=False)
+    data = DataConfig(dataset="video", path=str(tmp_path / "p32"), seq_len=3, image_size=32)
+    assert make_dataset(data, "train", 4).get_batch([0])["frames"].shape == (1, 3, 3, 32, 32)
+    data.image_size = 64
+    with pytest.raises(UserError, match=r"prepared at 32 x 32 px; train on it with --set data.image_size=32"):
+        make_dataset(data, "train", 4)

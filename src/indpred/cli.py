@@ -314,7 +314,8 @@ def _add_video(sub: Any) -> None:
     p.add_argument("src", help="a video file or a folder of videos")
     p.add_argument("--out", required=True, help="the prepared data folder to write")
     p.add_argument("--fps", type=float, default=2.0, help="target frame rate (default 2, the paper's)")
-    p.add_argument("--size", type=int, default=64, help="frame size (the model needs 64)")
+    p.add_argument("--size", type=int, default=64, help="frame side: 32, 64 (the default, the paper's) "
+                   "or 128; train with --set data.image_size=SIZE")
     p.add_argument("--resize", default="squash", choices=["squash", "crop"],
                    help="squash the whole frame (the paper) or centre-crop a square first")
     split = p.add_mutually_exclusive_group()

@@ -27,7 +27,7 @@ class ModelConfig:
     factor_dim: int = 16  # d, units per factor
     # The frames.
     channels: int = 3  # C; derived from the data when the data says (see RunConfig.resolve)
-    image_size: int = 64  # frame side: 32, 64 (the paper's) or 128; the nets' depth follows it
+    image_size: int = 64  # frame side, derived from data.image_size; the nets' depth follows it
     # The networks' sizes.
     width: float = 1.0  # multiplier of the conv channel widths (1.0 = the paper's 64..512)
     enc_dim: int = 32  # output units of the image encoder
@@ -67,6 +67,10 @@ class DataConfig:
     n_digits: int = 2
     colour: bool = True  # digit k on channel k (C = 3), else grayscale (C = 1)
     seq_len: int = 10  # T
+    # Frame side: 32, 64 (the paper's) or 128. Moving MNIST renders at it with its digits and
+    # speeds scaled by image_size/64; a prepared video folder must have been prepared at it
+    # (prepare-video --size). The model's networks follow it (model.image_size is derived).
+    image_size: int = 64
     # "standard" (3.6 px/frame) | "integer" (velocities in [-4, 4]) | "circular" (3.6 px/frame in a
     # circular arena: a bounce couples the axes)
     kinematics: str = "standard"
@@ -183,7 +187,8 @@ class RunConfig:
             raise UserError(f"cannot read config {path}: {e}") from None
 
     def resolve(self) -> RunConfig:
-        """Derive dependent fields (channels from the data) and validate; returns self."""
+        """Derive dependent fields (channels and frame size from the data) and validate; returns self."""
+        self.model.image_size = self.data.image_size
         if self.data.dataset == "mmnist":
             self.model.channels = 3 if self.data.colour else 1
         elif self.data.dataset == "video":
@@ -241,8 +246,8 @@ def validate(cfg: RunConfig) -> None:
         (m.width > 0 and math.isfinite(m.width), f"model.width must be > 0 and finite, got {m.width}"),
         (m.obs_var > 0, f"model.obs_var (σ_x²) must be > 0, got {m.obs_var}"),
         (m.channels >= 1, f"model.channels must be >= 1, got {m.channels}"),
-        (m.image_size in IMAGE_SIZES, f"model.image_size must be one of {', '.join(map(str, IMAGE_SIZES))} "
-         f"(the DCGAN nets), got {m.image_size}"),
+        (d.image_size in IMAGE_SIZES, f"data.image_size must be one of {', '.join(map(str, IMAGE_SIZES))} "
+         f"(the DCGAN nets' frame sides), got {d.image_size}"),
         (m.enc_dim >= 1 and m.transition_hidden >= 1, "model.enc_dim and transition_hidden must be >= 1"),
         (m.transition_layers >= 1, f"model.transition_layers must be >= 1, got {m.transition_layers}"),
         (m.transition_order in (1, 2), f"model.transition_order must be 1 or 2, got {m.transition_order}"),

@@ -1,7 +1,7 @@
 """One place that turns a :class:`~indpred.config.DataConfig` into datasets, for training and evaluation.
 
-Every dataset serves ``get_batch(indices)`` with ``frames`` (B, T, C, 64, 64) and, for
-Moving MNIST, the ground truth.
+Every dataset serves ``get_batch(indices)`` with ``frames`` (B, T, C, S, S), S = ``data.image_size``,
+and, for Moving MNIST, the ground truth (in pixels of that size).
 """
 
 from __future__ import annotations
@@ -26,11 +26,17 @@ def make_dataset(data: DataConfig, split: str, length: int, *, seed: int | None 
         if not data.path:
             raise UserError("this preset trains on prepared video: pass --data DIR "
                             "(made by indpred prepare-video)")
-        return VideoFrames(data.path, split=split, seq_len=seq_len, seed=seed, length=length)
-    from indpred.data.moving_mnist import MovingMNIST
+        frames = VideoFrames(data.path, split=split, seq_len=seq_len, seed=seed, length=length)
+        if frames.image_size != data.image_size:
+            raise UserError(f"{data.path} was prepared at {frames.image_size} x {frames.image_size} px; "
+                            f"train on it with --set data.image_size={frames.image_size} (or prepare "
+                            f"it again with --size {data.image_size})")
+        return frames
+    from indpred.data.moving_mnist import DIGIT_SIZE, MovingMNIST
 
     return MovingMNIST(split=split, length=length, n_digits=data.n_digits, seq_len=seq_len,
-                       colour=data.colour, kinematics=data.kinematics, seed=seed, source=data.mnist)
+                       colour=data.colour, kinematics=data.kinematics, image_size=data.image_size,
+                       digit_size=DIGIT_SIZE * data.image_size // 64, seed=seed, source=data.mnist)
 
 
 def make_datasets(data: DataConfig) -> tuple[Any, Any]:

@@ -51,6 +51,7 @@ __all__ = [
     "arena_bounce",
     "bounce",
     "render",
+    "resize_digits",
 ]
 
 DIGIT_SIZE = 28
@@ -167,17 +168,26 @@ def arena_bounce(p0: Tensor, v0: Tensor, T: int, L: float) -> tuple[Tensor, Tens
     return positions, torch.stack(vs, dim=-3)
 
 
+def resize_digits(digits: Tensor, size: int) -> Tensor:
+    """Digits (B, D, 28, 28) at ``size`` x ``size``: area averaging to shrink (exact 2 x 2 means
+    at 14), pixel repetition to grow (56); unchanged at 28."""
+    if size == digits.shape[-1]:
+        return digits
+    mode = "area" if size < digits.shape[-1] else "nearest"
+    return torch.nn.functional.interpolate(digits, size=(size, size), mode=mode)
+
+
 def render(digits: Tensor, positions: Tensor, *, image_size: int, colour: bool) -> Tensor:
     """Draw digits on blank canvases, every batch item, frame and digit at once.
 
-    Each 28x28 digit is written with its top-left at ``torch.round(positions)``
+    Each S x S digit (28 x 28 at 64 px) is written with its top-left at ``torch.round(positions)``
     (round half to even). In colour mode digit k goes to channel k of 3 channels
     (D <= 3; channels without a digit stay zero); in grayscale the D digit layers
     are combined by elementwise maximum into one channel.
 
     Args:
-        digits: (B, D, 28, 28) pixel values, e.g. floats in [0, 1].
-        positions: (B, T, D, 2) top-left (row, col), in ``[0, image_size - 28]``.
+        digits: (B, D, S, S) pixel values, e.g. floats in [0, 1].
+        positions: (B, T, D, 2) top-left (row, col), in ``[0, image_size - S]``.
         image_size: canvas side H = W.
         colour: 3 channels, one per digit, or 1 channel.
 
@@ -186,27 +196,28 @@ def render(digits: Tensor, positions: Tensor, *, image_size: int, colour: bool) 
     """
     B, D = digits.shape[:2]
     T = positions.shape[1]
-    if digits.shape[2:] != (DIGIT_SIZE, DIGIT_SIZE) or positions.shape != (B, T, D, 2):
+    S = digits.shape[-1]
+    if digits.dim() != 4 or digits.shape[2] != S or positions.shape != (B, T, D, 2):
         raise ValueError(
             f"render: digits {tuple(digits.shape)} and positions {tuple(positions.shape)} "
-            "must be (B, D, 28, 28) and (B, T, D, 2)"
+            "must be (B, D, S, S) and (B, T, D, 2)"
         )
     if colour and D > 3:
         raise ValueError(f"render: colour mode draws at most 3 digits, got {D}")
     dev = digits.device
     top_left = torch.round(positions).long().to(dev)  # (B, T, D, 2)
     lo, hi = int(top_left.min()), int(top_left.max())
-    if lo < 0 or hi > image_size - DIGIT_SIZE:
+    if lo < 0 or hi > image_size - S:
         raise ValueError(f"render: top-left corners {lo}..{hi} fall off a {image_size} canvas")
-    offsets = torch.arange(DIGIT_SIZE, device=dev)  # (28,)
-    rows = top_left[..., 0, None] + offsets  # (B, T, D, 28)
-    cols = top_left[..., 1, None] + offsets  # (B, T, D, 28)
+    offsets = torch.arange(S, device=dev)  # (S,)
+    rows = top_left[..., 0, None] + offsets  # (B, T, D, S)
+    cols = top_left[..., 1, None] + offsets  # (B, T, D, S)
     b = torch.arange(B, device=dev).view(B, 1, 1, 1, 1)
     t = torch.arange(T, device=dev).view(1, T, 1, 1, 1)
     d = torch.arange(D, device=dev).view(1, 1, D, 1, 1)
     layers = 3 if colour else D
     canvas = digits.new_zeros(B, T, layers, image_size, image_size)  # (B, T, layers, H, W)
-    patches = digits[:, None].expand(B, T, D, DIGIT_SIZE, DIGIT_SIZE)  # (B, T, D, 28, 28)
+    patches = digits[:, None].expand(B, T, D, S, S)  # (B, T, D, S, S)
     canvas[b, t, d, rows[..., :, None], cols[..., None, :]] = patches
     if colour:
         return canvas  # (B, T, 3, H, W)
@@ -230,7 +241,11 @@ class MovingMNIST(BatchedDataset):
       standard velocity: a wall contact mixes a digit's row and column motion, so only a
       split by digit (not by axis) leaves the factors independent.
 
-    No draw depends on ``colour``, ``seq_len`` or ``length``, so e.g. the grayscale
+    ``digit_size`` S (default 28) sets the unit of everything: digits are resized to S x S
+    (:func:`resize_digits`), speeds scale by S/28 and positions lie in ``[0, image_size − S]``;
+    with ``image_size`` = 64 · S/28 (32 px with 14-px digits, 128 with 56) a sequence is the
+    64-px one scaled, its ground truth in the new pixel units. No draw depends on ``colour``,
+    ``seq_len`` or ``length``, so e.g. the grayscale
     item is the channel maximum of the colour item. Train items take digits from
     MNIST's train split, test items from its test split (see :func:`load_digits`
     for ``source``).
@@ -254,6 +269,7 @@ class MovingMNIST(BatchedDataset):
         colour: bool = True,
         kinematics: str = "standard",
         image_size: int = 64,
+        digit_size: int = DIGIT_SIZE,
         seed: int = 0,
         length: int = 100_000,
         source: str | Path | None = None,
@@ -263,13 +279,15 @@ class MovingMNIST(BatchedDataset):
             raise UserError(f"unknown kinematics {kinematics!r}: use one of {', '.join(KINEMATICS)}")
         self.n_digits = check_int("n_digits", n_digits, 1, 3)
         self.seq_len = check_int("seq_len", seq_len, 1)
-        self.image_size = check_int("image_size", image_size, DIGIT_SIZE)
+        self.digit_size = check_int("digit_size", digit_size, 1)
+        self.image_size = check_int("image_size", image_size, self.digit_size)
+        self.scale = self.digit_size / DIGIT_SIZE  # the kinematics' unit: speeds scale with the digits
         self.seed = check_int("seed", seed, 0)
         self.length = check_int("length", length, 1)
         self.split = split
         self.kinematics = kinematics
         self.colour = bool(colour)
-        self.max_position = self.image_size - DIGIT_SIZE  # L
+        self.max_position = self.image_size - self.digit_size  # L
         self._images, self._labels = load_digits(split, source)  # (N, 28, 28) uint8, (N,)
         self._pools: dict[torch.device, tuple[Tensor, Tensor]] = {}  # device: (digit pool, 255.0)
 
@@ -291,6 +309,7 @@ class MovingMNIST(BatchedDataset):
         positions, velocities = self._motion(draws)  # (B, T, D, 2) float32
         if device is None:
             digits = torch.from_numpy(self._images[draws.pool.numpy()]).float().div_(255.0)  # (B, D, 28, 28)
+            digits = resize_digits(digits, self.digit_size)  # (B, D, S, S)
             frames = render(digits, positions, image_size=self.image_size, colour=self.colour)
         else:
             frames = self._render_on(torch.device(device), draws.pool, positions)
@@ -334,7 +353,7 @@ class MovingMNIST(BatchedDataset):
             images = torch.from_numpy(self._images.copy()).to(device)  # (N, 28, 28) uint8
             self._pools[device] = images, torch.tensor(255.0, device=device)  # a tensor: exact on CUDA too
         images, levels = self._pools[device]
-        digits = images[pool.to(device)].float() / levels  # (B, D, 28, 28)
+        digits = resize_digits(images[pool.to(device)].float() / levels, self.digit_size)  # (B, D, S, S)
         positions = positions.to(device, non_blocking=True)
         return render(digits, positions, image_size=self.image_size, colour=self.colour)
 
@@ -346,17 +365,18 @@ class MovingMNIST(BatchedDataset):
         if self.kinematics == "standard":
             p0 = rng.uniform(0.0, L, size=(D, 2))
             theta = rng.uniform(0.0, 2.0 * math.pi, size=D)  # (D,)
-            v0 = STANDARD_SPEED * np.stack([np.sin(theta), np.cos(theta)], axis=-1)  # (D, 2)
+            v0 = self.scale * STANDARD_SPEED * np.stack([np.sin(theta), np.cos(theta)], axis=-1)  # (D, 2)
         elif self.kinematics == "circular":
             radius = L / 2 * np.sqrt(rng.uniform(0.0, 1.0, size=D))  # uniform on the disc
             angle = rng.uniform(0.0, 2.0 * math.pi, size=D)
             p0 = L / 2 + radius[:, None] * np.stack([np.sin(angle), np.cos(angle)], axis=-1)
             theta = rng.uniform(0.0, 2.0 * math.pi, size=D)
-            v0 = STANDARD_SPEED * np.stack([np.sin(theta), np.cos(theta)], axis=-1)
-        else:
-            p0 = rng.integers(0, L + 1, size=(D, 2)).astype(np.float64)
+            v0 = self.scale * STANDARD_SPEED * np.stack([np.sin(theta), np.cos(theta)], axis=-1)
+        else:  # integer positions and velocities in the 28-px digit's units
+            unit_L = round(L / self.scale)
+            p0 = self.scale * rng.integers(0, unit_L + 1, size=(D, 2)).astype(np.float64)
             v0 = rng.integers(-INTEGER_MAX_SPEED, INTEGER_MAX_SPEED + 1, size=(D, 2))
-            v0 = v0.astype(np.float64)
+            v0 = self.scale * v0.astype(np.float64)
         return pool_idx, p0, v0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -368,6 +388,7 @@ class MovingMNIST(BatchedDataset):
         return (
             f"MovingMNIST(split={self.split!r}, n_digits={self.n_digits}, "
             f"seq_len={self.seq_len}, colour={self.colour}, kinematics={self.kinematics!r}, "
-            f"image_size={self.image_size}, seed={self.seed}, length={self.length})"
+            f"image_size={self.image_size}, digit_size={self.digit_size}, seed={self.seed}, "
+            f"length={self.length})"
         )
 

@@ -35,6 +35,7 @@ from indpred.data.video.read import (
 from indpred.data.video.split import assign_splits, match_names
 from indpred.errors import UserError
 from indpred.fileio import file_digest, fsync_path
+from indpred.sizes import IMAGE_SIZES
 
 __all__ = ["VIDEO_EXTENSIONS", "list_videos", "prepare_videos"]
 
@@ -185,7 +186,7 @@ def prepare_videos(
     """Decode a video file or a folder of videos into a prepared folder ``out``; returns its manifest.
 
     Each video is resampled to ``fps`` (None: every frame) and resized to
-    ``size`` x ``size`` (which must be 64, the model's input) by ``resize``
+    ``size`` x ``size`` (32, 64, the model's default, or 128) by ``resize``
     (``"squash"`` or ``"crop"``), and its frames are streamed to
     ``out/frames/<stem>-<sha8>.u8``, a raw uint8 array of shape (n, size, size, 3)
     (``np.memmap(path, np.uint8, "r", shape=(n, size, size, 3))``, n from the manifest).
@@ -248,8 +249,9 @@ def _check_settings(fps: float | None, size: int, resize: str, test_videos: list
                     test_fraction: float | None) -> dict[str, Any]:
     """The checked settings ``{"fps", "size", "resize"}``; UserError for bad ones or a bad split."""
     fps = check_fps(fps)
-    if size != FRAME_SIZE:
-        raise UserError(f"size must be {FRAME_SIZE} (the model's 64x64 input), got {size!r}")
+    if size not in IMAGE_SIZES:
+        raise UserError(f"size must be one of {', '.join(map(str, IMAGE_SIZES))} (the model's frame sides), "
+                        f"got {size!r}")
     resize = check_resize(resize)
     if test_videos is not None and test_fraction is not None:
         raise UserError("give test_videos or test_fraction, not both")

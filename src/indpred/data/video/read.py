@@ -58,7 +58,7 @@ __all__ = [
 
 RESIZE_MODES = ("squash", "crop")
 FRAME_SIZE = 64
-"""The side the model's DCGAN networks are built for; prepared frames are FRAME_SIZE square."""
+"""The default frame side (the paper's 64); prepare-video also takes 32 and 128."""
 
 TIME_TOLERANCE = 1e-3
 """Seconds: a frame this much before a target time still counts as at or after it."""
