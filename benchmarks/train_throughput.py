@@ -23,6 +23,7 @@ Usage::
     python benchmarks/train_throughput.py                        # both widths, presets' B and T
     python benchmarks/train_throughput.py --widths demo -B 16 -T 8 --rounds 10
     python benchmarks/train_throughput.py --device cuda -B 256 --precision bf16 --channels-last
+    python benchmarks/train_throughput.py --widths demo --image-size 32 --variants model,floor
 
 Unless ``OMP_WAIT_POLICY`` is set already, it is set to ``PASSIVE`` before torch loads:
 on a machine where another process competes for the cores, OpenMP's spinning threads
@@ -65,7 +66,8 @@ def configure(args: argparse.Namespace, width: str) -> RunConfig:
             f"train.compile={args.compile}", f"train.activation_checkpointing={args.checkpointing}",
             f"train.device={args.device}"]
     for key, value in (("train.batch_size", args.batch), ("data.seq_len", args.seq_len),
-                       ("model.factors", args.factors), ("model.factor_dim", args.factor_dim)):
+                       ("model.factors", args.factors), ("model.factor_dim", args.factor_dim),
+                       ("data.image_size", args.image_size)):
         if value is not None:
             sets.append(f"{key}={value}")
     return apply_overrides(cfg, sets)
@@ -76,7 +78,8 @@ def variants(cfg: RunConfig, device: torch.device, names: list[str]) -> dict[str
     tc, mc = cfg.train, cfg.model
     B, T = tc.batch_size, cfg.data.seq_len
     gen = torch.Generator(device=device).manual_seed(0)
-    frames = torch.rand(B, T, mc.channels, 64, 64, device=device, generator=gen)
+    S = mc.image_size
+    frames = torch.rand(B, T, mc.channels, S, S, device=device, generator=gen)
     noise = torch.randn(B, T, mc.factors, mc.factor_dim, device=device, generator=gen)
     steps: dict[str, Callable[[], None]] = {}
     model = make_model(cfg, device).train()
@@ -184,7 +187,7 @@ def report(width: str, cfg: RunConfig, times: dict[str, list[float]], args: argp
             ratios[f"model/{ref}"] = {"of_medians": rows["model"]["median_fps"] / rows[ref]["median_fps"],
                                       "median_per_round": statistics.median(per_round)}
     m = cfg.model
-    print(f"\n{width} widths (width {m.width}): K={m.factors} d={m.factor_dim} B={B} T={T} "
+    print(f"\n{width} widths (width {m.width}): {m.image_size} px K={m.factors} d={m.factor_dim} B={B} T={T} "
           f"({frames} frames/step) device={args.device} precision={args.precision} "
           f"channels_last={args.channels_last} compile={args.compile} "
           f"checkpointing={args.checkpointing} threads={torch.get_num_threads()}")
@@ -194,7 +197,8 @@ def report(width: str, cfg: RunConfig, times: dict[str, list[float]], args: argp
     for key, r in ratios.items():
         print(f"  {key:12s} {r['of_medians']:.3f} (ratio of medians), {r['median_per_round']:.3f} "
               "(median of per-round ratios)")
-    return {"width": width, "width_multiplier": m.width, "K": m.factors, "d": m.factor_dim, "B": B,
+    return {"width": width, "width_multiplier": m.width, "image_size": m.image_size, "K": m.factors,
+            "d": m.factor_dim, "B": B,
             "T": T, "device": args.device, "precision": args.precision,
             "channels_last": args.channels_last, "compile": args.compile,
             "checkpointing": args.checkpointing, "threads": torch.get_num_threads(),
@@ -208,6 +212,7 @@ def main() -> None:
     p.add_argument("-T", "--seq-len", type=int, help="frames per sequence (default: the preset's)")
     p.add_argument("-K", "--factors", type=int, help="factors (default: the preset's, 2)")
     p.add_argument("--factor-dim", type=int, help="units per factor (default: the preset's)")
+    p.add_argument("--image-size", type=int, help="frame side: 32, 64 (the default) or 128")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--channels-last", action="store_true")

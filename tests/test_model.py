@@ -292,9 +292,10 @@ def test_per_factor_decoder_keeps_the_channel_widths_and_splits_them():
 
 @pytest.mark.parametrize(("size", "blocks"), [(32, 3), (64, 4), (128, 5)])
 def test_the_image_networks_take_their_depth_from_the_frame_size(size, blocks):
+    """DCGAN's rule: 64 channels (times the width) at the first block, doubling down to 4 x 4."""
     model = FactoredVAE(small(image_size=size, decoder="per-factor")).eval()
     strided = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
-    assert len(strided) == blocks and strided[-1].out_channels == round(512 * 0.125)  # 4 x 4: the widest
+    assert [m.out_channels for m in strided] == [round((64 << i) * 0.125) for i in range(blocks)]
     up = [m for m in model.decoder.modules()
           if isinstance(m, torch.nn.ConvTranspose2d) and m.stride == (2, 2)]
     assert len(up) == blocks

@@ -33,17 +33,16 @@ def stride2_blocks(image_size: int) -> int:
 
 
 def encoder_bases(image_size: int) -> list[int]:
-    """The encoder's channel bases, first block first: 512 at 4 x 4, halving per doubling of the
-    side (64, 128, 256, 512 at 64 px, the paper's)."""
-    n = stride2_blocks(image_size)
-    return [512 >> (n - 1 - i) for i in range(n)]
+    """The encoder's channel bases, first block first: 64 at the first, doubling per block, as in
+    DCGAN and the authors' small-image networks (64, 128, 256, 512 at the paper's 64 px; 64, 128,
+    256 at 32 px, where the work per frame drops about fivefold; up to 1024 at 128 px)."""
+    return [64 << i for i in range(stride2_blocks(image_size))]
 
 
 def decoder_bases(image_size: int) -> list[int]:
-    """The generator's channel bases before its last layer: 512 at 4 x 4, halving per doubling
-    (512, 256, 128, 64 at 64 px, the paper's)."""
+    """The generator's channel bases before its last layer: the encoder's, widest (at 4 x 4)
+    first (512, 256, 128, 64 at 64 px, the paper's)."""
     return encoder_bases(image_size)[::-1]
-
 
 
 MAX_TENSOR = 2**31  # numbers in one parameter tensor
@@ -51,10 +50,10 @@ MAX_TENSOR = 2**31  # numbers in one parameter tensor
 MAX_PARAMETERS = 2**33
 # The keys that each network's sizes follow (model.channels comes from the data).
 SIZE_KEYS = {
-    "encoder": ("width", "enc_dim"),
+    "encoder": ("width", "enc_dim", "image_size"),
     "posterior": ("factors", "factor_dim", "enc_dim"),
     "transition": ("factors", "factor_dim", "transition_hidden", "transition_layers", "transition_order"),
-    "decoder": ("factors", "factor_dim", "width"),
+    "decoder": ("factors", "factor_dim", "width", "image_size"),
 }
 
 
