@@ -34,6 +34,8 @@ def main() -> None:
     p.add_argument("run", help="a trained run folder, evaluated with indpred eval")
     p.add_argument("name", help="the shipped name (indpred.load_pretrained(NAME))")
     p.add_argument("--description", required=True)
+    p.add_argument("--commit", help="the commit of the code that trained the run (default: this "
+                   "checkout's HEAD)")
     args = p.parse_args()
     run = Path(args.run)
     metrics = card_figures(load_metrics(run))
@@ -44,13 +46,13 @@ def main() -> None:
     check = {"options": CHECK_OPTIONS, "tolerance": TOLERANCE, "values": {},
              "note": "indpred eval of the shipped weights with these options (test split)"}
     path = ship(run, args.name, description=args.description, data=data, licence=LICENCE,
-                metrics=metrics, check=check)
+                metrics=metrics, check=check, commit=args.commit)
     with tempfile.TemporaryDirectory() as tmp:  # the check, on the shipped (float32) weights
         figures = card_figures(evaluate_run(materialise(args.name, Path(tmp) / "run"), progress=False,
                                             **CHECK_OPTIONS))
     check["values"] = {k: figures[k] for k in TOLERANCE}
     ship(run, args.name, description=args.description, data=data, licence=LICENCE, metrics=metrics,
-         check=check)
+         check=check, commit=args.commit)
     print(f"shipped {args.name}: {path} and {path.with_suffix('.safetensors')}")
 
 

@@ -280,3 +280,11 @@ def test_layer_weights_are_zero_on_the_background_and_tracking_counts_blank_laye
     tracks = np.array([[[[np.nan, np.nan]], [[1.0, 1.0]]]])  # (1, 2, K=1, 2)
     result = tracking_error(tracks, np.ones((1, 2, 1, 2)), [[0, 0]])
     assert result["undefined_frames"] == 1 and result["within"] == 0.5 and result["error_px"] == 0
+
+
+def test_a_layer_whose_channels_sit_at_different_levels_still_tracks_its_blob():
+    # channel 0's background at logit −3, the others at −6 (another factor's layer cancels it)
+    layer = np.full((3, 64, 64), -6.0)
+    layer[0] = -3.0
+    layer += 12 * blob((8, 8), radius=4) / 4
+    np.testing.assert_allclose(intensity_centres(layer_weights(layer)), [8.0, 8.0], atol=1e-9)

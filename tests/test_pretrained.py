@@ -80,12 +80,21 @@ def test_materialise_writes_a_run_once_and_never_over_other_files(shelf, tmp_pat
     assert (other / "notes.txt").read_text() == "mine"
 
 
+def test_a_shipped_model_written_out_as_a_run_cannot_be_resumed_and_says_why(shelf, tmp_path):
+    run = pretrained.materialise("tiny", tmp_path / "as-run")
+    with pytest.raises(UserError, match=r"holds weights only .* not resumed"):
+        train(None, run, resume=True, steps=4, progress=False)
+
+
 def test_unknown_names_and_corrupt_weights_are_one_line(shelf, capsys):
     with pytest.raises(UserError, match="no pretrained model 'nope'; shipped: tiny"):
         indpred.load_pretrained("nope")
     (shelf / "tiny.safetensors").write_bytes(b"broken")
     with pytest.raises(UserError, match="missing or corrupt"):
         indpred.load_pretrained("tiny")
+    (shelf / "tiny.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"card of pretrained model 'tiny' .* is unreadable"):
+        pretrained.card("tiny")
     assert main(["eval", "--pretrained", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no pretrained model 'nope'" in err

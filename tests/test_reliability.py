@@ -187,6 +187,24 @@ def test_too_many_bad_steps_stop_with_the_last_good_checkpoint(tmp_path, tiny_co
     assert all(torch.isfinite(p).all() for p in load_model(run).state_dict().values())
 
 
+def test_too_many_bad_steps_stop_in_time_between_sparse_log_steps(tmp_path, tiny_config, monkeypatch):
+    original = MovingMNIST.get_batch
+
+    def get_batch(self, indices):
+        batch = original(self, indices)
+        if self.split == "train" and min(indices) >= 2 * len(indices):
+            batch["frames"] = batch["frames"] * float("inf")
+        return batch
+
+    monkeypatch.setattr(MovingMNIST, "get_batch", get_batch)
+    cfg = apply_overrides(tiny_config, ["train.log_every=1000", "train.max_bad_steps=3"])
+    calls = []
+    monkeypatch.setattr(MovingMNIST, "get_batch", lambda self, i: calls.append(1) or get_batch(self, i))
+    with pytest.raises(UserError, match=r"training stopped at step 5: 3 steps in a row"):
+        train(cfg, tmp_path / "run", steps=1000, progress=False)
+    assert len(calls) <= 2 * 3 + 2  # read back every max_bad_steps steps: stopped within 3 more
+
+
 def test_one_writer_per_run_folder(tmp_path, tiny_config):
     run = tmp_path / "run"
     train(tiny_config, run, steps=1, progress=False)

@@ -209,6 +209,11 @@ def encode_to_file(
     if layers:
         for k in range(result["layers"].shape[1]):
             frames = result["layers"][None, :GIF_FRAMES, k].astype(np.float32) / 255  # (1, T', C, H, W)
-            save_gif(frames, out_path=out.with_name(f"{out.stem}-factor{k + 1}.gif"),
-                     row_labels=[f"factor {k + 1} draws"])
+            gif = out.with_name(f"{out.stem}-factor{k + 1}.gif")
+            part = gif.with_name(f".{gif.name}.tmp-{os.getpid()}")
+            try:
+                save_gif(frames, out_path=part, row_labels=[f"factor {k + 1} draws"])
+                os.replace(part, gif)
+            finally:
+                part.unlink(missing_ok=True)
     return out

@@ -205,10 +205,12 @@ def render(digits: Tensor, positions: Tensor, *, image_size: int, colour: bool) 
     if colour and D > 3:
         raise ValueError(f"render: colour mode draws at most 3 digits, got {D}")
     dev = digits.device
-    top_left = torch.round(positions).long().to(dev)  # (B, T, D, 2)
-    lo, hi = int(top_left.min()), int(top_left.max())
-    if lo < 0 or hi > image_size - S:
-        raise ValueError(f"render: top-left corners {lo}..{hi} fall off a {image_size} canvas")
+    top_left = torch.round(positions).long()  # (B, T, D, 2), where the positions are (the CPU)
+    if top_left.device.type == "cpu":  # checked where it costs no wait for the device
+        lo, hi = int(top_left.min()), int(top_left.max())
+        if lo < 0 or hi > image_size - S:
+            raise ValueError(f"render: top-left corners {lo}..{hi} fall off a {image_size} canvas")
+    top_left = top_left.to(dev, non_blocking=True)
     offsets = torch.arange(S, device=dev)  # (S,)
     rows = top_left[..., 0, None] + offsets  # (B, T, D, S)
     cols = top_left[..., 1, None] + offsets  # (B, T, D, S)
@@ -353,8 +355,9 @@ class MovingMNIST(BatchedDataset):
             images = torch.from_numpy(self._images.copy()).to(device)  # (N, 28, 28) uint8
             self._pools[device] = images, torch.tensor(255.0, device=device)  # a tensor: exact on CUDA too
         images, levels = self._pools[device]
-        digits = resize_digits(images[pool.to(device)].float() / levels, self.digit_size)  # (B, D, S, S)
-        positions = positions.to(device, non_blocking=True)
+        digits = resize_digits(images[pool.to(device, non_blocking=True)].float() / levels,
+                               self.digit_size)  # (B, D, S, S)
+        # The positions stay on the CPU: render checks them there and copies the corners over.
         return render(digits, positions, image_size=self.image_size, colour=self.colour)
 
     def _draw(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from indpred.eval.context import EvalContext
 from indpred.eval.latents import Latents
@@ -37,14 +38,14 @@ def layer_metrics(ctx: EvalContext, lat: Latents, alignment: dict[str, Any]) -> 
     with torch.no_grad():
         layers = ctx.model.layers(means).cpu().numpy()  # (n, T, K, C, H, W) logits
     truth = ctx.data.get_batch(range(n))["frames"].numpy()  # (n, T, C, H, W)
-    drawn = 1.0 / (1.0 + np.exp(-layers))  # (n, T, K, C, H, W): each factor's layer as an image
+    drawn = expit(layers)  # (n, T, K, C, H, W): each factor's layer as an image
     rows = np.concatenate([truth[:1], drawn[0].transpose(1, 0, 2, 3, 4)])  # (1 + K, T, C, H, W)
     labels = ["data", *[f"factor {k + 1} draws" for k in range(mc.factors)]]
     ctx.figure("layers", save_frame_grid(rows, row_labels=labels, out_path=ctx.out / "layers.png"))
     ctx.figure("layers_gif", save_gif(rows, out_path=ctx.out / "layers.gif"))
     tracks = intensity_centres(layer_weights(layers))  # (n, T, K, 2)
     out: dict[str, Any] = {"sequences": n, "track": "intensity-weighted centre of sigmoid(layer) less "
-                           "its per-frame median, (row, col) in pixels"}
+                           "each channel's median, (row, col) in pixels"}
     if data.dataset != "mmnist" or not data.colour or "assignment" not in alignment:
         out["tracking"] = {"skipped": "no ground-truth object channels to track against"}
         return out

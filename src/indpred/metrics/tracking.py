@@ -8,6 +8,7 @@ tracks (N, T, K, 2) against centres (N, T, J, 2).
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
 __all__ = ["intensity_centres", "layer_weights", "tracking_error"]
 
@@ -30,10 +31,11 @@ def intensity_centres(images: np.ndarray) -> np.ndarray:
 
 def layer_weights(layers: np.ndarray) -> np.ndarray:
     """How much of a factor's own image stands out from its background: (..., C, H, W) logits
-    (a per-factor generator's layers) → non-negative weights, ``sigmoid(layer)`` less its
-    per-image median (most of a frame is background, so the median is its level)."""
-    pixels = 1.0 / (1.0 + np.exp(-np.asarray(layers, dtype=np.float64)))
-    level = np.median(pixels, axis=(-3, -2, -1), keepdims=True)
+    (a per-factor generator's layers) → non-negative weights, ``sigmoid(layer)`` less each
+    channel's median (most of a frame is background, so the median is its level; per channel,
+    because a layer's offset can differ between channels where another factor cancels it)."""
+    pixels = expit(np.asarray(layers, dtype=np.float64))
+    level = np.median(pixels, axis=(-2, -1), keepdims=True)
     return np.clip(pixels - level, 0.0, None)
 
 

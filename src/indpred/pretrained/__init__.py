@@ -49,7 +49,11 @@ def card(name: str) -> dict[str, Any]:
     if not isinstance(name, str) or "/" in name or not path.is_file():
         raise UserError(f"no pretrained model {name!r}; shipped: {', '.join(names()) or 'none'} "
                         "(indpred pretrained lists them)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"the card of pretrained model {name!r} ({path}) is unreadable ({e}); "
+                        "reinstall indpred") from None
 
 
 def _weights(name: str) -> tuple[RunConfig, dict[str, torch.Tensor]]:
@@ -114,12 +118,18 @@ def card_figures(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def _commit() -> str | None:
+    """The commit of the code shipping the model (with ``+dirty`` for uncommitted changes)."""
+    here = Path(__file__).parent
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).parent)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=here)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               capture_output=True, text=True,
+                               timeout=10, cwd=here.parent)  # the package's own files
     except OSError:
         return None
-    return done.stdout.strip() or None
+    commit = head.stdout.strip()
+    return (commit + ("+dirty" if dirty.stdout.strip() else "")) if commit else None
 
 
 def ship(run_dir: str | Path, name: str, *, description: str, data: dict[str, Any], licence: str,

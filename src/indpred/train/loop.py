@@ -246,7 +246,7 @@ class TrainingLoop:
                     else:
                         self._step(next(batches))
                     bar.update(1)
-                    if not self._sync_point(c.step):
+                    if not self._sync_point(c.step, signals):
                         continue
                     dormant, stop = self._settle(bar, interactive, signals)
                     if dormant is not None:
@@ -255,6 +255,9 @@ class TrainingLoop:
                     if stop:
                         stopped = c.step < tc.steps
                         break
+        except BaseException:
+            self._close_board()  # the error goes on; the events written so far are kept
+            raise
         finally:
             batches.close()
             bar.close()
@@ -263,8 +266,7 @@ class TrainingLoop:
         try:
             return self._finish(stopped, dormant)
         finally:
-            if self.board is not None:
-                self.board.close()
+            self._close_board()
 
     def _first_step(self, batches: Iterator[Tensor]) -> None:
         """The session's first step, where a run too large for memory shows: one line if it is."""
@@ -298,13 +300,18 @@ class TrainingLoop:
         self.pending.append(packed)
         c.step += 1
 
-    def _sync_point(self, step: int) -> bool:
+    def _sync_point(self, step: int, signals: dict[str, bool]) -> bool:
         """Whether the loop reads the figures back after ``step``: a step that logs, evaluates,
-        checks for a dormant factor or saves, and the last."""
+        checks for a dormant factor or saves, and the last; also once ``train.max_bad_steps``
+        steps are pending (so that a run stuck on non-finite steps stops in time) and, in one
+        process, as soon as a stop signal came (under torchrun every rank must agree on the
+        step, so a signal waits for the next regular sync point there)."""
         tc = self.cfg.train
         return (step % tc.log_every == 0 or step == tc.steps or step == self.counters.window.check
                 or bool(tc.eval_every and step % tc.eval_every == 0)
-                or bool(tc.checkpoint_every and step % tc.checkpoint_every == 0))
+                or bool(tc.checkpoint_every and step % tc.checkpoint_every == 0)
+                or len(self.pending) >= tc.max_bad_steps
+                or (not self.ranks.active and signals["stop"]))
 
     def _settle(self, bar: tqdm, interactive: bool, signals: dict[str, bool]
                 ) -> tuple[list[float] | None, bool]:
@@ -376,6 +383,11 @@ class TrainingLoop:
             self.log.flush()
         if self.board is not None:
             self.board.record(record)
+
+    def _close_board(self) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.board = None
 
     def _board_images(self) -> None:
         if self.board is not None:

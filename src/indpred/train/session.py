@@ -143,6 +143,10 @@ def _resumed(cfg: RunConfig, run_dir: Path) -> Resumed:
     if found is None:
         return Resumed(attempt=restarts.next_attempt(cfg, run_dir))
     source, state, weights, train_tensors = found
+    if state.get("optimizer") is None:
+        raise UserError(f"{source} holds weights only (a shipped model, or a checkpoint shared without "
+                        "its training state): it can be evaluated and encoded but not resumed; train a "
+                        "new run instead")
     runfolder.trim_metrics(run_dir, state["step"])
     return Resumed(attempt=state.get("extra", {}).get("attempt", 0), state=state, weights=weights,
                    train_tensors=train_tensors, source=source)

@@ -116,8 +116,15 @@ def setup_torch(cfg: RunConfig) -> None:
 
 def restore_training_state(trainer: Trainer, noise: torch.Generator, state: dict[str, Any],
                            train_tensors: dict[str, Tensor]) -> None:
-    """Load a checkpoint's optimiser moments and noise generator (the weights are loaded already)."""
-    trainer.optimizer.load_state_dict(optimizer_from_flat(train_tensors, state["optimizer"]))
+    """Load a checkpoint's optimiser moments and noise generator (the weights are loaded already).
+
+    Adam's ``capturable`` follows the device the run resumes on, not the one it was saved on
+    (a GPU's update never waits for the host; a CPU's Adam cannot be capturable)."""
+    saved = optimizer_from_flat(train_tensors, state["optimizer"])
+    for group, own in zip(saved["param_groups"], trainer.optimizer.param_groups):
+        if "capturable" in own:
+            group["capturable"] = own["capturable"]
+    trainer.optimizer.load_state_dict(saved)
     for p, slots in trainer.optimizer.state.items():  # moments in the parameter's memory layout
         for name, value in slots.items():
             if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
