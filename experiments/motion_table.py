@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ["run", "order, generator", "alignment", "position R² (digit 1, 2)", "one-step / stay",
-           "extrapolate / stay", "rollout − copy (dB)", "velocity R² z_t | (z_t-1, z_t)",
+           "extrapolate / stay", "rollout − copy (dB)", "velocity R² z_t ; (z_t-1, z_t)",
            "identity (chance)", "MI same / cross", "authors' same / cross", "ELBO", "train (min)"]
 
 
@@ -55,7 +55,7 @@ def row(name: str, r: dict[str, Any]) -> list[str]:
         fmt(al.get("score"), 3), ", ".join(fmt(p) for p in position) or "—",
         fmt(one.get("prior_over_stay"), 3), fmt(one.get("extrapolate_over_stay"), 3),
         f"{min(gain):+.2f} … {max(gain):+.2f}" if gain else "—",
-        (", ".join(fmt(v) for v in vel["best_one_state"]) + " | "
+        (", ".join(fmt(v) for v in vel["best_one_state"]) + " ; "
          + ", ".join(fmt(v) for v in vel["best_two_states"])) if "best_one_state" in vel else "—",
         (", ".join(fmt(a) for a in ident["best"]) + f" ({fmt(max(ident['chance']))})")
         if "best" in ident else "—",
