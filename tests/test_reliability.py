@@ -147,18 +147,28 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_conf
         read_checkpoint(latest)
 
 
-def test_nan_steps_are_skipped_and_counted(tmp_path, tiny_config, monkeypatch):
+def poison(monkeypatch, bad, value: float = float("nan")) -> list[int]:
+    """Training batches of the 0-based steps where ``bad(step)`` holds are filled with ``value``;
+    returns the list of the training steps whose batches were drawn (appended as they are)."""
     original = MovingMNIST.get_batch
-    poisoned = {2, 3}  # steps (0-based) whose batch is NaN
+    drawn: list[int] = []
 
     def get_batch(self, indices):
         batch = original(self, indices)
         indices = list(indices)
-        if self.split == "train" and indices[0] // len(indices) in poisoned:
-            batch["frames"] = torch.full_like(batch["frames"], float("nan"))
+        if self.split == "train":
+            step = indices[0] // len(indices)
+            drawn.append(step)
+            if bad(step):
+                batch["frames"] = torch.full_like(batch["frames"], value)
         return batch
 
     monkeypatch.setattr(MovingMNIST, "get_batch", get_batch)
+    return drawn
+
+
+def test_nan_steps_are_skipped_and_counted(tmp_path, tiny_config, monkeypatch):
+    poison(monkeypatch, lambda step: step in {2, 3})
     run = tmp_path / "run"
     result = train(tiny_config, run, steps=6, progress=False)
     summary = json.loads((run / "summary.json").read_text())
@@ -170,15 +180,7 @@ def test_nan_steps_are_skipped_and_counted(tmp_path, tiny_config, monkeypatch):
 
 
 def test_too_many_bad_steps_stop_with_the_last_good_checkpoint(tmp_path, tiny_config, monkeypatch):
-    original = MovingMNIST.get_batch
-
-    def get_batch(self, indices):
-        batch = original(self, indices)
-        if self.split == "train" and min(indices) >= 2 * len(indices):
-            batch["frames"] = batch["frames"] * float("inf")
-        return batch
-
-    monkeypatch.setattr(MovingMNIST, "get_batch", get_batch)
+    poison(monkeypatch, lambda step: step >= 2, float("inf"))
     cfg = apply_overrides(tiny_config, ["train.checkpoint_every=1", "train.max_bad_steps=3"])
     run = tmp_path / "run"
     with pytest.raises(UserError, match=r"3 steps in a row .*\(step-00000002\) is intact"):
@@ -188,21 +190,11 @@ def test_too_many_bad_steps_stop_with_the_last_good_checkpoint(tmp_path, tiny_co
 
 
 def test_too_many_bad_steps_stop_in_time_between_sparse_log_steps(tmp_path, tiny_config, monkeypatch):
-    original = MovingMNIST.get_batch
-
-    def get_batch(self, indices):
-        batch = original(self, indices)
-        if self.split == "train" and min(indices) >= 2 * len(indices):
-            batch["frames"] = batch["frames"] * float("inf")
-        return batch
-
-    monkeypatch.setattr(MovingMNIST, "get_batch", get_batch)
+    drawn = poison(monkeypatch, lambda step: step >= 2, float("inf"))
     cfg = apply_overrides(tiny_config, ["train.log_every=1000", "train.max_bad_steps=3"])
-    calls = []
-    monkeypatch.setattr(MovingMNIST, "get_batch", lambda self, i: calls.append(1) or get_batch(self, i))
     with pytest.raises(UserError, match=r"training stopped at step 5: 3 steps in a row"):
         train(cfg, tmp_path / "run", steps=1000, progress=False)
-    assert len(calls) <= 2 * 3 + 2  # read back every max_bad_steps steps: stopped within 3 more
+    assert len(drawn) <= 2 * 3 + 2  # read back every max_bad_steps steps: stopped within 3 more
 
 
 def test_one_writer_per_run_folder(tmp_path, tiny_config):

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from indpred.config import apply_overrides
-from indpred.data import MovingMNIST
 from indpred.model import snapshot_buffers
 from indpred.run import load_model
 from indpred.train import train
 from indpred.train.loop import TrainingLoop
 from indpred.train.update import finite, masked_restore_buffers, masked_step
+from tests.test_reliability import poison
 
 
 def net_and_adam(seed: int = 0) -> tuple[nn.Module, torch.optim.Adam]:
@@ -86,21 +86,8 @@ def test_a_bad_step_changes_nothing_not_even_adams_fresh_state():
     assert_same(state_of(net, opt), state_of(fresh_net, fresh_opt))
 
 
-def poison(monkeypatch, steps: set[int]) -> None:
-    original = MovingMNIST.get_batch
-
-    def get_batch(self, indices):
-        batch = original(self, indices)
-        indices = list(indices)
-        if self.split == "train" and indices[0] // len(indices) in steps:
-            batch["frames"] = torch.full_like(batch["frames"], float("nan"))
-        return batch
-
-    monkeypatch.setattr(MovingMNIST, "get_batch", get_batch)
-
-
 def test_where_the_figures_are_read_changes_nothing_the_run_computes(tmp_path, tiny_config, monkeypatch):
-    poison(monkeypatch, {1, 4, 5})
+    poison(monkeypatch, lambda step: step in {1, 4, 5})
     runs = {}
     for every in (1, 4):
         cfg = apply_overrides(tiny_config, [f"train.log_every={every}"])
