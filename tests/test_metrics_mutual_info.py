@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy.special import digamma
 
 from indpred.errors import UserError
@@ -190,3 +191,64 @@ def test_best_partition_bad_sizes():
         best_partition(z, z, groups=3, size=2)
     small = best_partition(z, z, groups=1, size=3, n_partitions=2)  # fewer units than D is fine
     assert len(small["units"]) == 1 and len(small["units"][0]) == 3
+
+
+def _samples(kind: str, n: int, dx: int, dy: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous, tied (rounded, with duplicated rows) or constant-column samples."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dx))
+    y = 0.7 * x[:, :1] + rng.normal(size=(n, dy))
+    if kind == "ties":
+        x, y = np.round(x, 0), np.round(y, 0)
+        m = min(20, n // 3)
+        x[n // 2:n // 2 + m], y[n // 2:n // 2 + m] = x[:m], y[:m]
+    elif kind == "constant":
+        x[:, -1] = 1.5
+    return x, y
+
+
+@pytest.mark.parametrize("dx, dy", [(1, 1), (3, 2)])
+@pytest.mark.parametrize("kind", ["continuous", "ties", "constant"])
+def test_every_backend_gives_the_trees_value_exactly(dx, dy, kind):
+    # 1,037 samples: several tiles, and a last block of rows that is not full
+    x, y = _samples(kind, 1037, dx, dy, seed=dx + 10 * dy)
+    for k in (1, 3, 5):
+        for standardize in (False, True):
+            tree = ksg_mi(x, y, k, standardize=standardize, backend="tree")
+            for backend in ("compiled", "torch"):
+                assert ksg_mi(x, y, k, standardize=standardize, backend=backend) == tree, (backend, k)
+    small_x, small_y = _samples(kind, 7, dx, dy, seed=3)  # fewer samples than a tile or a row block
+    value = brute_force_ksg(small_x, small_y, 3)
+    for backend in ("tree", "compiled", "torch"):
+        got = ksg_mi(small_x, small_y, 3, standardize=False, backend=backend)
+        assert got == pytest.approx(value, abs=1e-10)
+
+
+def test_neighbour_counts_are_the_trees_and_threads_do_not_change_them():
+    from scipy.spatial import cKDTree
+
+    from indpred.metrics import neighbours
+
+    x, y = _samples("ties", 2003, 3, 2, seed=5)
+    joint = np.hstack([x, y])
+    eps_tree = cKDTree(joint).query(joint, k=4, p=np.inf)[0][:, 3]
+    n_x_tree = cKDTree(x).query_ball_point(x, np.nextafter(eps_tree, 0), p=np.inf, return_length=True) - 1
+    n_x_tree = np.where(eps_tree > 0, n_x_tree, 0)
+    one = neighbours.counts(x, y, 3, workers=1)
+    tensors = neighbours.counts_torch(torch.from_numpy(x), torch.from_numpy(y), 3, block=300)
+    for got in (neighbours.counts(x, y, 3, workers=-1), one, [t.numpy() for t in tensors]):
+        np.testing.assert_array_equal(got[0], eps_tree)
+        np.testing.assert_array_equal(got[1], n_x_tree)
+        np.testing.assert_array_equal(got[2], one[2])
+
+
+def test_auto_backend_and_bad_backend():
+    from indpred.metrics import mutual_info
+
+    assert mutual_info._backend("auto", mutual_info.COMPILED_FROM - 1) == "tree"
+    assert mutual_info._backend("auto", mutual_info.COMPILED_FROM) == "compiled"
+    x, y = _samples("continuous", 50, 1, 1, seed=0)
+    with pytest.raises(UserError, match="unknown KSG backend"):
+        ksg_mi(x, y, backend="kd")
+    M = mi_matrix(np.stack([x, y], 1), np.stack([y, x], 1), backend="compiled")
+    np.testing.assert_array_equal(M, mi_matrix(np.stack([x, y], 1), np.stack([y, x], 1), backend="tree"))

@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
 from scipy.special import digamma
 
 from indpred.errors import UserError
+from indpred.metrics import neighbours
 
-__all__ = ["best_partition", "ksg_mi", "mi_matrix", "mi_summary"]
+__all__ = ["BACKENDS", "best_partition", "ksg_mi", "mi_matrix", "mi_summary"]
 
 LN2 = math.log(2.0)
 
@@ -86,10 +88,39 @@ def _strict_counts(tree: cKDTree, points: np.ndarray, eps: np.ndarray, workers: 
     return np.where(eps > 0, np.asarray(lengths) - 1, 0)
 
 
-def _ksg_core(x: np.ndarray, y: np.ndarray, k: int, tree_x: cKDTree, tree_y: cKDTree,
-              workers: int) -> float:
-    """Algorithm 1 on prepared (N, dx), (N, dy) arrays with their marginal trees."""
+BACKENDS = ("auto", "tree", "compiled", "torch")
+COMPILED_FROM = 4000  # samples from which the compiled brute force beats the k-d trees
+
+
+def _backend(backend: str, n: int) -> str:
+    if backend not in BACKENDS:
+        raise UserError(f"unknown KSG backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "compiled" if n >= COMPILED_FROM else "tree"
+    return backend
+
+
+def _ksg_value(k: int, n: int, n_x: np.ndarray, n_y: np.ndarray) -> float:
+    return float(digamma(k) + digamma(n) - np.mean(digamma(n_x + 1) + digamma(n_y + 1)))
+
+
+def _ksg_core(x: np.ndarray, y: np.ndarray, k: int, tree_x: cKDTree | None, tree_y: cKDTree | None,
+              workers: int, backend: str = "tree") -> float:
+    """Algorithm 1 on prepared (N, dx), (N, dy) arrays (with their marginal trees for "tree").
+
+    Every backend computes the same float64 distances and strict comparisons, so the same
+    eps and counts: "tree" with scipy's k-d trees, "compiled" with the brute force of
+    :mod:`indpred.metrics.neighbours`, "torch" with its tensor version.
+    """
     n = x.shape[0]
+    if backend == "compiled":
+        _, n_x, n_y = neighbours.counts(x, y, k, workers)
+        return _ksg_value(k, n, n_x, n_y)
+    if backend == "torch":
+        _, n_x_t, n_y_t = neighbours.counts_torch(torch.from_numpy(x), torch.from_numpy(y), k)
+        return _ksg_value(k, n, n_x_t.numpy(), n_y_t.numpy())
+    tree_x = _marginal_tree(x) if tree_x is None else tree_x
+    tree_y = _marginal_tree(y) if tree_y is None else tree_y
     joint = np.hstack([x, y])
     # k+1 neighbours: the point itself (or a duplicate) is among them at distance 0, so
     # column k is the k-th nearest distance with i excluded, duplicates or not.
@@ -97,7 +128,25 @@ def _ksg_core(x: np.ndarray, y: np.ndarray, k: int, tree_x: cKDTree, tree_y: cKD
     eps = dist[:, k]
     n_x = _strict_counts(tree_x, x, eps, workers)
     n_y = _strict_counts(tree_y, y, eps, workers)
-    return float(digamma(k) + digamma(n) - np.mean(digamma(n_x + 1) + digamma(n_y + 1)))
+    return _ksg_value(k, n, n_x, n_y)
+
+
+def _ksg_torch(x: torch.Tensor, y: torch.Tensor, k: int, standardize: bool) -> float:
+    """KSG on tensors where they are (a GPU): standardised in float64 there, then counted."""
+    x = x.detach().to(torch.float64).reshape(len(x), -1)
+    y = y.detach().to(torch.float64).reshape(len(y), -1)
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise UserError("x or y contains NaN or inf values; drop those samples (or check the model "
+                        "for divergence) before estimating mutual information")
+    if standardize:
+        x, y = (_standardize_torch(a) for a in (x, y))
+    _, n_x, n_y = neighbours.counts_torch(x, y, k)
+    return _ksg_value(k, x.shape[0], n_x.cpu().numpy(), n_y.cpu().numpy())
+
+
+def _standardize_torch(a: torch.Tensor) -> torch.Tensor:
+    std = a.std(dim=0, unbiased=False)
+    return (a - a.mean(dim=0)) / torch.where(std > 0, std, torch.ones_like(std))
 
 
 def ksg_mi(
@@ -109,6 +158,7 @@ def ksg_mi(
     jitter: float = 0.0,
     seed: int = 0,
     workers: int = 1,
+    backend: str = "auto",
 ) -> float:
     """Mutual information I(x; y) in **nats** by the KSG estimator (algorithm 1, max-norm).
 
@@ -142,8 +192,20 @@ def ksg_mi(
     - N < k + 1, k < 1, NaN or inf: :class:`UserError`. Different N for x and y:
       ``ValueError``.
 
-    ``workers`` is passed to scipy's tree queries (-1: all cores).
+    ``workers``: threads (-1: all cores). ``backend``: "tree" (scipy's k-d trees), "compiled"
+    (an exact brute force compiled with numba, several times faster from a few thousand
+    samples: N = 50,000 of 8 + 8 units in seconds; its first call on a machine compiles it,
+    about 20 s, cached on disk), "torch" (the same brute force as tensor operations, on the
+    device the samples are on) or "auto" ("compiled" from ``COMPILED_FROM`` samples,
+    "tree" below). All give the same value on the same float64 samples. Torch tensors on
+    a GPU go to "torch" there (with ``standardize`` computed in torch; no jitter).
     """
+    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.device.type != "cpu":
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x and y must have the same number of samples, got {len(x)} and {len(y)}")
+        if jitter > 0:
+            raise UserError("jitter is not supported for samples on a GPU; pass numpy arrays")
+        return _ksg_torch(x, y, _check_k(k, x.shape[0]), standardize)
     x = _as_samples(x, "x")
     y = _as_samples(y, "y")
     if x.shape[0] != y.shape[0]:
@@ -152,7 +214,7 @@ def ksg_mi(
     rng = np.random.default_rng(seed) if jitter > 0 else None
     x = _prepare(x, standardize=standardize, jitter=jitter, rng=rng)
     y = _prepare(y, standardize=standardize, jitter=jitter, rng=rng)
-    return _ksg_core(x, y, k, _marginal_tree(x), _marginal_tree(y), workers)
+    return _ksg_core(x, y, k, None, None, workers, _backend(backend, x.shape[0]))
 
 
 def mi_matrix(
@@ -164,13 +226,14 @@ def mi_matrix(
     jitter: float = 0.0,
     seed: int = 0,
     workers: int = 1,
+    backend: str = "auto",
 ) -> np.ndarray:
     """K x K matrix M[i, j] = I(z_t^i ; z_next^j) in nats, by :func:`ksg_mi`.
 
     z_t, z_next: (N, K, d), N paired samples of K factors of d units each (factor i at
     time t against factor j at time t+1, each a d-dimensional vector). The keyword
     arguments mean what they mean in :func:`ksg_mi` (with jitter, each factor gets its
-    own stream derived from ``seed``). Each factor's marginal k-d tree is built once.
+    own stream derived from ``seed``). With the trees, each factor's marginal tree is built once.
     """
     z_t = np.asarray(z_t, dtype=np.float64)
     z_next = np.asarray(z_next, dtype=np.float64)
@@ -187,12 +250,14 @@ def mi_matrix(
             a = _as_samples(source[:, i, :], f"{name}[:, {i}]")
             rng = np.random.default_rng(s) if jitter > 0 else None
             arrays.append(_prepare(a, standardize=standardize, jitter=jitter, rng=rng))
-    trees_x = [_marginal_tree(a) for a in xs]
-    trees_y = [_marginal_tree(a) for a in ys]
+    backend = _backend(backend, n)
+    trees = backend == "tree"
+    trees_x = [_marginal_tree(a) if trees else None for a in xs]
+    trees_y = [_marginal_tree(a) if trees else None for a in ys]
     M = np.empty((K, K))
     for i in range(K):
         for j in range(K):
-            M[i, j] = _ksg_core(xs[i], ys[j], k, trees_x[i], trees_y[j], workers)
+            M[i, j] = _ksg_core(xs[i], ys[j], k, trees_x[i], trees_y[j], workers, backend)
     return M
 
 
