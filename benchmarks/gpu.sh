@@ -25,10 +25,10 @@ JSON="$OUT/results.jsonl"
 export PYTHONUNBUFFERED=1
 if [ -n "${SMOKE:-}" ]; then  # tiny sizes: every step runs, nothing is measured
     B_BIG=2; B_HUGE=2; B_SMALL=2; ROUNDS="--rounds 1 --warmup 0 --steps-per-round 1"
-    TRAIN_STEPS=4; MEM_SHAPES=2x3; MEM_LONG=1x5; DATA_STEPS=3
+    TRAIN_STEPS=4; MEM_SHAPES=2x3; MEM_LONG=1x5; DATA_STEPS=3; KSG_N=2000
 else
     B_BIG=256; B_HUGE=512; B_SMALL=32; ROUNDS="--rounds 5 --warmup 2 --steps-per-round 5"
-    TRAIN_STEPS=120; MEM_SHAPES=32x10,64x10; MEM_LONG=8x100; DATA_STEPS=40
+    TRAIN_STEPS=120; MEM_SHAPES=32x10,64x10; MEM_LONG=8x100; DATA_STEPS=40; KSG_N=50000
 fi
 
 exec > >(tee -a "$LOG") 2>&1
@@ -41,7 +41,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 
 # step TAG NAME SECONDS COMMAND...: run with a time limit, never past the budget, only if TAG is in
 # $ONLY (default: every step); go on after a failure.
-ONLY=${ONLY:-check fp32 bf16 data train small memory compile graphs}
+ONLY=${ONLY:-check fp32 bf16 data train small memory compile graphs ksg}
 step() {
     local tag=$1 name=$2 limit=$3
     shift 3
@@ -94,4 +94,6 @@ step compile "compiled (default) bf16, B=$B_BIG T=10" 170 \
 step graphs "compiled with CUDA graphs (reduce-overhead) bf16, B=$B_SMALL T=10" 150 \
     "${TP[@]}" --widths paper -B "$B_SMALL" -T 10 --precision bf16 --compile reduce-overhead \
     --variants model
+step ksg "KSG mutual information, N=$KSG_N, 8 + 8 units: compiled (CPU) and torch (device)" 90 \
+    "$PY" benchmarks/ksg_throughput.py -N "$KSG_N" --reference 500 --backends compiled,torch
 echo "== done in $((SECONDS - START))s; results in $OUT"

@@ -17,7 +17,6 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma
 
 from indpred.errors import UserError
-from indpred.metrics import neighbours
 
 __all__ = ["BACKENDS", "best_partition", "ksg_mi", "mi_matrix", "mi_summary"]
 
@@ -112,6 +111,8 @@ def _ksg_core(x: np.ndarray, y: np.ndarray, k: int, tree_x: cKDTree | None, tree
     eps and counts: "tree" with scipy's k-d trees, "compiled" with the brute force of
     :mod:`indpred.metrics.neighbours`, "torch" with its tensor version.
     """
+    from indpred.metrics import neighbours  # numba loads only where the brute force runs
+
     n = x.shape[0]
     if backend == "compiled":
         _, n_x, n_y = neighbours.counts(x, y, k, workers)
@@ -140,6 +141,8 @@ def _ksg_torch(x: torch.Tensor, y: torch.Tensor, k: int, standardize: bool) -> f
                         "for divergence) before estimating mutual information")
     if standardize:
         x, y = (_standardize_torch(a) for a in (x, y))
+    from indpred.metrics import neighbours
+
     _, n_x, n_y = neighbours.counts_torch(x, y, k)
     return _ksg_value(k, x.shape[0], n_x.cpu().numpy(), n_y.cpu().numpy())
 
