@@ -149,6 +149,7 @@ def ship(run_dir: str | Path, name: str, *, description: str, data: dict[str, An
     weights_path = folder / f"{name}.safetensors"
     save_file({k: v.float().contiguous() if v.is_floating_point() else v.contiguous()
                for k, v in sorted(weights.items())}, str(weights_path))
+    weights_path.chmod(0o644)  # safetensors writes 0600; a package's data must be readable by all
     entry = {"format": FORMAT, "version": VERSION, "name": name, "description": description,
              "preset": cfg.preset, "config": cfg.to_dict(), "data": data, "steps": state["step"],
              "seed": cfg.train.seed, "commit": commit or _commit(), "licence": licence,
