@@ -11,22 +11,7 @@ from scipy.special import digamma
 
 from indpred.errors import UserError
 from indpred.metrics import best_partition, ksg_mi, mi_matrix, mi_summary
-
-
-def brute_force_ksg(x: np.ndarray, y: np.ndarray, k: int) -> float:
-    """Algorithm 1 of Kraskov et al. (2004) written out: O(N²), max-norm, strict counts."""
-    x = x.reshape(len(x), -1)
-    y = y.reshape(len(y), -1)
-    n = len(x)
-    total = 0.0
-    for i in range(n):
-        dx = np.abs(x - x[i]).max(axis=1)
-        dy = np.abs(y - y[i]).max(axis=1)
-        dz = np.maximum(dx, dy)
-        dx[i] = dy[i] = dz[i] = np.inf  # exclude i itself
-        eps = np.sort(dz)[k - 1]
-        total += digamma(np.sum(dx < eps) + 1) + digamma(np.sum(dy < eps) + 1)
-    return digamma(k) + digamma(n) - total / n
+from indpred.testing.ksg import brute_force_ksg
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])

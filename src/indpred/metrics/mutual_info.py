@@ -21,6 +21,8 @@ from indpred.errors import UserError
 __all__ = ["BACKENDS", "best_partition", "ksg_mi", "mi_matrix", "mi_summary"]
 
 LN2 = math.log(2.0)
+NONFINITE = ("contains NaN or inf values; drop those samples (or check the model for divergence) "
+             "before estimating mutual information")
 
 
 def _as_samples(a: np.ndarray, name: str) -> np.ndarray:
@@ -33,8 +35,7 @@ def _as_samples(a: np.ndarray, name: str) -> np.ndarray:
     if a.shape[1] == 0:
         raise ValueError(f"{name} has no columns (shape {a.shape})")
     if not np.isfinite(a).all():
-        raise UserError(f"{name} contains NaN or inf values; drop those samples (or check the model "
-                        "for divergence) before estimating mutual information")
+        raise UserError(f"{name} {NONFINITE}")
     return a
 
 
@@ -111,14 +112,14 @@ def _ksg_core(x: np.ndarray, y: np.ndarray, k: int, tree_x: cKDTree | None, tree
     eps and counts: "tree" with scipy's k-d trees, "compiled" with the brute force of
     :mod:`indpred.metrics.neighbours`, "torch" with its tensor version.
     """
-    from indpred.metrics import neighbours  # numba loads only where the brute force runs
-
     n = x.shape[0]
     if backend == "compiled":
+        from indpred.metrics import neighbours  # numba loads only where the brute force runs
+
         _, n_x, n_y = neighbours.counts(x, y, k, workers)
         return _ksg_value(k, n, n_x, n_y)
     if backend == "torch":
-        _, n_x_t, n_y_t = neighbours.counts_torch(torch.from_numpy(x), torch.from_numpy(y), k)
+        _, n_x_t, n_y_t = _counts_torch(torch.from_numpy(x), torch.from_numpy(y), k)
         return _ksg_value(k, n, n_x_t.numpy(), n_y_t.numpy())
     tree_x = _marginal_tree(x) if tree_x is None else tree_x
     tree_y = _marginal_tree(y) if tree_y is None else tree_y
@@ -136,15 +137,19 @@ def _ksg_torch(x: torch.Tensor, y: torch.Tensor, k: int, standardize: bool) -> f
     """KSG on tensors where they are (a GPU): standardised in float64 there, then counted."""
     x = x.detach().to(torch.float64).reshape(len(x), -1)
     y = y.detach().to(torch.float64).reshape(len(y), -1)
-    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
-        raise UserError("x or y contains NaN or inf values; drop those samples (or check the model "
-                        "for divergence) before estimating mutual information")
+    for name, a in (("x", x), ("y", y)):
+        if not torch.isfinite(a).all():
+            raise UserError(f"{name} {NONFINITE}")
     if standardize:
         x, y = (_standardize_torch(a) for a in (x, y))
-    from indpred.metrics import neighbours
-
-    _, n_x, n_y = neighbours.counts_torch(x, y, k)
+    _, n_x, n_y = _counts_torch(x, y, k)
     return _ksg_value(k, x.shape[0], n_x.cpu().numpy(), n_y.cpu().numpy())
+
+
+def _counts_torch(x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    from indpred.metrics import neighbours  # the module imports numba
+
+    return neighbours.counts_torch(x, y, k)
 
 
 def _standardize_torch(a: torch.Tensor) -> torch.Tensor:

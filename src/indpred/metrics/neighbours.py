@@ -81,13 +81,15 @@ def _dist4(at: np.ndarray, a0: np.ndarray, a1: np.ndarray, a2: np.ndarray, a3: n
     return d0, d1, d2, d3
 
 
-@functools.cache
-def _kernels(dx: int, dy: int) -> tuple[Callable, Callable, Callable]:
-    """The eps and count kernels for dx + dy coordinates, compiled with the dimensions fixed.
+# The kernels below are built per number of coordinates, compiled with it fixed: with
+# constant dimensions LLVM unrolls the loop over coordinates and vectorises the loop over
+# samples, several times faster than a loop with a run-time bound. Cached per process
+# (and by numba on disk), so x and y of the same width share one count kernel.
 
-    With constant dimensions LLVM unrolls the loop over coordinates and vectorises the
-    loop over samples, which is several times faster than a loop with a run-time bound.
-    """
+
+@functools.cache
+def _eps_kernel(dx: int, dy: int) -> Callable:
+    """The k-th nearest joint distance kernel for dx + dy coordinates."""
 
     @numba.njit(parallel=True, cache=True, boundscheck=False)
     def eps(xs, ys, k):
@@ -152,45 +154,50 @@ def _kernels(dx: int, dy: int) -> tuple[Callable, Callable, Callable]:
                 out[rows[r]] = best[r, k]
         return out
 
-    def make_count(d: int):
-        @numba.njit(parallel=True, cache=True, boundscheck=False)
-        def count(a, e):
-            """#{j != i : ||a_j - a_i||_inf < e_i} for every i; a sorted by a[:, 0]."""
-            n = a.shape[0]
-            at = np.ascontiguousarray(a.T)
-            key = at[0]
-            out = np.zeros(n, np.int64)
-            blocks = (n + ROWS - 1) // ROWS
-            for b in numba.prange(blocks):
-                rows = np.minimum(np.arange(b * ROWS, b * ROWS + ROWS), n - 1)
-                a0, a1, a2, a3 = a[rows[0]], a[rows[1]], a[rows[2]], a[rows[3]]
-                e0, e1, e2, e3 = e[rows[0]], e[rows[1]], e[rows[2]], e[rows[3]]
-                lo = n
-                hi = 0
-                for r in range(ROWS):
-                    i = rows[r]
-                    if e[i] > 0:
-                        lo = min(lo, _edge(key, key[i], e[i], 0, i, False))
-                        hi = max(hi, _edge(key, key[i], e[i], i, n, True))
-                c0 = 0
-                c1 = 0
-                c2 = 0
-                c3 = 0
-                for j in range(lo, hi):
-                    d0, d1, d2, d3 = _dist4(at, a0, a1, a2, a3, j, d)
-                    c0 += d0 < e0
-                    c1 += d1 < e1
-                    c2 += d2 < e2
-                    c3 += d3 < e3
-                # i itself is at distance 0 < e_i; where e_i = 0 nobody is at distance < 0
-                counts = (c0, c1, c2, c3)
-                for r in range(ROWS):
-                    i = rows[r]
-                    out[i] = counts[r] - 1 if e[i] > 0 else 0
-            return out
-        return count
+    return eps
 
-    return eps, make_count(dx), make_count(dy)
+
+@functools.cache
+def _count_kernel(d: int) -> Callable:
+    """The strict count kernel for d coordinates."""
+
+    @numba.njit(parallel=True, cache=True, boundscheck=False)
+    def count(a, e):
+        """#{j != i : ||a_j - a_i||_inf < e_i} for every i; a sorted by a[:, 0]."""
+        n = a.shape[0]
+        at = np.ascontiguousarray(a.T)
+        key = at[0]
+        out = np.zeros(n, np.int64)
+        blocks = (n + ROWS - 1) // ROWS
+        for b in numba.prange(blocks):
+            rows = np.minimum(np.arange(b * ROWS, b * ROWS + ROWS), n - 1)
+            a0, a1, a2, a3 = a[rows[0]], a[rows[1]], a[rows[2]], a[rows[3]]
+            e0, e1, e2, e3 = e[rows[0]], e[rows[1]], e[rows[2]], e[rows[3]]
+            lo = n
+            hi = 0
+            for r in range(ROWS):
+                i = rows[r]
+                if e[i] > 0:
+                    lo = min(lo, _edge(key, key[i], e[i], 0, i, False))
+                    hi = max(hi, _edge(key, key[i], e[i], i, n, True))
+            c0 = 0
+            c1 = 0
+            c2 = 0
+            c3 = 0
+            for j in range(lo, hi):
+                d0, d1, d2, d3 = _dist4(at, a0, a1, a2, a3, j, d)
+                c0 += d0 < e0
+                c1 += d1 < e1
+                c2 += d2 < e2
+                c3 += d3 < e3
+            # i itself is at distance 0 < e_i; where e_i = 0 nobody is at distance < 0
+            counts = (c0, c1, c2, c3)
+            for r in range(ROWS):
+                i = rows[r]
+                out[i] = counts[r] - 1 if e[i] > 0 else 0
+        return out
+
+    return count
 
 
 def counts(x: np.ndarray, y: np.ndarray, k: int, workers: int = 1
@@ -198,7 +205,8 @@ def counts(x: np.ndarray, y: np.ndarray, k: int, workers: int = 1
     """(eps, n_x, n_y) for float64 x: (N, dx), y: (N, dy), on ``workers`` threads (-1: all)."""
     most = numba.config.NUMBA_NUM_THREADS
     threads = most if workers < 1 else min(workers, most)
-    eps_kernel, count_x, count_y = _kernels(x.shape[1], y.shape[1])
+    eps_kernel = _eps_kernel(x.shape[1], y.shape[1])
+    count_x, count_y = _count_kernel(x.shape[1]), _count_kernel(y.shape[1])
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
