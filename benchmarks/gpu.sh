@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU measurements for docs/PERFORMANCE.md, in one go, needing nothing from the internet:
 # correctness checks on the device, training frames/s at the paper's widths (eager float32, bf16 +
-# channels-last, compiled) beside the floor and the naive model, the data generator alone against
+# channels-last, the step as one CUDA graph, compiled) beside the floor and the naive model, the data generator alone against
 # the training rate, a real `indpred train` run on the GPU, and peak memory per frame.
 #
 #   bash benchmarks/gpu.sh                 # on a machine with a CUDA GPU and torch
@@ -25,10 +25,10 @@ JSON="$OUT/results.jsonl"
 export PYTHONUNBUFFERED=1
 if [ -n "${SMOKE:-}" ]; then  # tiny sizes: every step runs, nothing is measured
     B_BIG=2; B_HUGE=2; B_SMALL=2; ROUNDS="--rounds 1 --warmup 0 --steps-per-round 1"
-    TRAIN_STEPS=4; MEM_SHAPES=2x3; MEM_LONG=1x5; DATA_STEPS=3; KSG_N=2000
+    TRAIN_STEPS=4; GRAPH_STEPS=6; MEM_SHAPES=2x3; MEM_LONG=1x5; DATA_STEPS=3; KSG_N=2000
 else
     B_BIG=256; B_HUGE=512; B_SMALL=32; ROUNDS="--rounds 5 --warmup 2 --steps-per-round 5"
-    TRAIN_STEPS=120; MEM_SHAPES=32x10,64x10; MEM_LONG=8x100; DATA_STEPS=40; KSG_N=50000
+    TRAIN_STEPS=120; GRAPH_STEPS=600; MEM_SHAPES=32x10,64x10; MEM_LONG=8x100; DATA_STEPS=40; KSG_N=50000
 fi
 
 exec > >(tee -a "$LOG") 2>&1
@@ -70,6 +70,18 @@ torch.backends.cudnn.version(), '|', torch.cuda.get_device_name() if torch.cuda.
 
 step check "correctness on the device" 90 "$PY" benchmarks/gpu_check.py --device "$DEVICE"
 step fp32 "eager float32, paper widths, B=$B_BIG T=10" 100 "${TP[@]}" --widths paper -B "$B_BIG" -T 10
+step graphs "the step as one CUDA graph (train.cuda_graphs) beside eager, paper widths, B=$B_SMALL T=10, fp32" 120 \
+    "${TP[@]}" --widths paper -B "$B_SMALL" -T 10 --variants step-device,graphed,floor
+step graphs "the step as one CUDA graph, bf16 + channels-last, paper widths, B=$B_SMALL T=10" 100 \
+    "${TP[@]}" --widths paper -B "$B_SMALL" -T 10 "${BF[@]}" --variants step-device,graphed,floor
+if [ "$DEVICE" != cpu ]; then  # a CPU refuses train.cuda_graphs (tests/test_graphs.py)
+    GRUN=$(mktemp -d)/run
+    step graphs "indpred train with train.cuda_graphs (paper preset, B=32, fp32)" 120 \
+        "$PY" -m indpred train --preset mmnist-2f --out "$GRUN" --device "$DEVICE" --steps "$GRAPH_STEPS" \
+        --no-progress --set train.cuda_graphs=true --set train.log_every=50 \
+        --set train.checkpoint_every=0 --set train.eval_every=0 --set data.test_sequences=64
+    cp "$GRUN/metrics.jsonl" "$OUT/graphed_train_metrics.jsonl" 2>/dev/null
+fi
 step bf16 "eager bf16 + channels-last, paper widths, B=$B_BIG T=10" 100 \
     "${TP[@]}" --widths paper -B "$B_BIG" -T 10 "${BF[@]}"
 step bf16 "eager bf16 + channels-last, paper widths, B=$B_HUGE T=10" 80 \
@@ -91,7 +103,7 @@ step memory "peak memory per frame, float32" 80 "$PY" benchmarks/train_memory.py
     --shapes "$MEM_SHAPES,$MEM_LONG" --checkpointing both --json "$JSON"
 step compile "compiled (default) bf16, B=$B_BIG T=10" 170 \
     "${TP[@]}" --widths paper -B "$B_BIG" -T 10 --precision bf16 --compile default --variants model,floor
-step graphs "compiled with CUDA graphs (reduce-overhead) bf16, B=$B_SMALL T=10" 150 \
+step compile "compiled with CUDA graphs (compile=reduce-overhead) bf16, B=$B_SMALL T=10" 150 \
     "${TP[@]}" --widths paper -B "$B_SMALL" -T 10 --precision bf16 --compile reduce-overhead \
     --variants model
 step ksg "KSG mutual information, N=$KSG_N, 8 + 8 units: compiled (CPU) and torch (device)" 90 \

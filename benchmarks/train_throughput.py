@@ -8,9 +8,11 @@ on the same frames and noise:
   flags say (precision, channels-last, compilation, activation checkpointing);
 * ``floor``: the encoder and the generator alone, forward and backward, executing the
   same way: what no implementation of the model can beat;
-* ``step-host`` and ``step-device`` (ask for them with ``--variants``): the training loop's
-  whole step, with the figures read back and the update decided on the host every step (as
-  before issue 18) and on the device (as now: ``indpred.train.update``);
+* ``step-host``, ``step-device`` and ``graphed`` (ask for them with ``--variants``): the
+  training loop's whole step, with the figures read back and the update decided on the host
+  every step (as before issue 18), on the device (as now: ``indpred.train.update``), and
+  that step captured once as a CUDA graph and replayed (``train.cuda_graphs``,
+  ``indpred.train.graphs``; on a CPU its stand-in, which records nothing);
 * ``naive``: the same model computed naively (``indpred.testing.naive``: image networks
   once per time step, a Python loop over factors; float32, eager), with its Adam step;
 
@@ -51,8 +53,8 @@ from indpred.distributed import SINGLE
 from indpred.model import snapshot_buffers
 from indpred.testing.naive import naive_sequence_elbo
 from indpred.train import forward_backward, make_model, make_trainer
-from indpred.train.loop import pack_figures
-from indpred.train.update import finite, masked_restore_buffers, masked_step
+from indpred.train.graphs import CudaCapture, EagerCapture, StepGraph
+from indpred.train.loop import pack_figures, update
 from machine import cpu_model  # benchmarks/machine.py (scripts run from this folder)
 
 WIDTHS = {"paper": "mmnist-2f", "demo": "demo"}  # width name -> the preset it comes from
@@ -91,27 +93,35 @@ def variants(cfg: RunConfig, device: torch.device, names: list[str]) -> dict[str
             trainer.optimizer.step()
 
         steps["model"] = model_step
-    if "step-host" in names or "step-device" in names:
+    if "step-host" in names or "step-device" in names or "graphed" in names:
         # The loop's whole step as it was (figures read back every step, the NaN check and the
-        # update decided on the host) and as it is (all on the device, read at sync points).
-        for name, on_device in (("step-host", False), ("step-device", True)):
+        # update decided on the host), as it is (all on the device, read at sync points), and
+        # as one CUDA graph (train.cuda_graphs; on a CPU its stand-in, which records nothing).
+        for name in ("step-host", "step-device", "graphed"):
             if name not in names:
                 continue
             loop_model = copy.deepcopy(model)
             loop_trainer = make_trainer(loop_model, cfg, device)
+            if name == "graphed":
+                capture = CudaCapture if device.type == "cuda" else EagerCapture
+                graph = StepGraph(lambda static, t=loop_trainer: update(t, static["frames"], static["noise"]),
+                                  device, capture=capture)
 
-            def loop_step(trainer=loop_trainer, net=loop_model, on_device=on_device) -> None:
-                saved = snapshot_buffers(net)
+                def graphed_step(graph=graph) -> None:
+                    graph(tc.lr, frames=frames, noise=noise)
+
+                steps[name] = graphed_step
+                continue
+
+            def loop_step(trainer=loop_trainer, net=loop_model, on_device=name == "step-device") -> None:
+                if on_device:
+                    update(trainer, frames, noise)
+                    return
+                snapshot_buffers(net)  # as the old step did, to restore after a bad step
                 loss, terms = forward_backward(trainer, frames, noise)
                 norm = torch.nn.utils.clip_grad_norm_(net.parameters(), math.inf)
-                packed = pack_figures(loss, norm, terms, SINGLE)
-                if on_device:
-                    ok = finite(packed[0], packed[1])
-                    masked_step(trainer.optimizer, ok)
-                    masked_restore_buffers(net, saved, ok)
-                    return
-                values = packed.tolist()  # the old step: one transfer, then decided on the host
-                if math.isfinite(values[0]) and math.isfinite(values[1]):
+                values = pack_figures(loss, norm, terms, SINGLE).tolist()  # the old step: one transfer,
+                if math.isfinite(values[0]) and math.isfinite(values[1]):  # then decided on the host
                     trainer.optimizer.step()
 
             steps[name] = loop_step
@@ -181,21 +191,22 @@ def report(width: str, cfg: RunConfig, times: dict[str, list[float]], args: argp
         rows[name] = {"median_fps": frames / statistics.median(ts), "best_fps": frames / min(ts),
                       "median_ms": 1000 * statistics.median(ts)}
     ratios = {}
-    for ref in ("floor", "naive"):
-        if "model" in times and ref in times:
-            per_round = [r / m for m, r in zip(times["model"], times[ref])]  # (1/m)/(1/r)
-            ratios[f"model/{ref}"] = {"of_medians": rows["model"]["median_fps"] / rows[ref]["median_fps"],
-                                      "median_per_round": statistics.median(per_round)}
+    for name, ref in (("model", "floor"), ("model", "naive"), ("step-device", "floor"), ("graphed", "floor"),
+                      ("graphed", "step-device")):
+        if name in times and ref in times:
+            per_round = [r / m for m, r in zip(times[name], times[ref])]  # (1/m)/(1/r)
+            ratios[f"{name}/{ref}"] = {"of_medians": rows[name]["median_fps"] / rows[ref]["median_fps"],
+                                       "median_per_round": statistics.median(per_round)}
     m = cfg.model
     print(f"\n{width} widths (width {m.width}): {m.image_size} px K={m.factors} d={m.factor_dim} B={B} T={T} "
           f"({frames} frames/step) device={args.device} precision={args.precision} "
           f"channels_last={args.channels_last} compile={args.compile} "
           f"checkpointing={args.checkpointing} threads={torch.get_num_threads()}")
     for name, row in rows.items():
-        print(f"  {name:6s} {row['median_fps']:>11,.0f} frames/s median  {row['best_fps']:>11,.0f} best  "
+        print(f"  {name:11s} {row['median_fps']:>11,.0f} frames/s median  {row['best_fps']:>11,.0f} best  "
               f"{row['median_ms']:9.1f} ms/step")
     for key, r in ratios.items():
-        print(f"  {key:12s} {r['of_medians']:.3f} (ratio of medians), {r['median_per_round']:.3f} "
+        print(f"  {key:19s} {r['of_medians']:.3f} (ratio of medians), {r['median_per_round']:.3f} "
               "(median of per-round ratios)")
     return {"width": width, "width_multiplier": m.width, "image_size": m.image_size, "K": m.factors,
             "d": m.factor_dim, "B": B,

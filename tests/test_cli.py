@@ -140,6 +140,8 @@ BAD = [
     (["train", "--set", "lr=-1"], "lr must be > 0"),
     (["train", "--set", "kinematics=fast"], "kinematics must be"),
     (["train", "--set", "device=cuda"], "no CUDA GPU"),
+    (["train", "--set", "cuda_graphs=true"], "train.cuda_graphs needs a CUDA GPU"),
+    (["train", "--set", "cuda_graphs=true", "--set", "compile=default"], "cannot be combined"),
     (["train", "--steps", "0"], "--steps must be >= 1"),
     (["train", "--mnist", "{tmp}/missing"], "mnist"),
     (["train", "--mnist", "{corrupt}"], "md5"),

@@ -102,13 +102,15 @@ def test_gpu_pair_trains_evaluates_and_packs_then_run_pair_assembles_without_tra
     assert missing.returncode != 0 and "factored-seed3 has neither" in missing.stderr
 
 
-def test_gpu_script_smoke_mode_runs_its_checks_and_the_ksg_step_on_the_cpu(tmp_path):
+def test_gpu_script_smoke_mode_runs_its_checks_graphs_and_ksg_steps_on_the_cpu(tmp_path):
     # the compiled-model steps are left out: torch.compile on a CPU outlasts a test
     env = {**os.environ, "DEVICE": "cpu", "SMOKE": "1", "OUT": str(tmp_path), "PYTHON": sys.executable,
-           "ONLY": "check small ksg"}
+           "ONLY": "check small graphs ksg"}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], env=env, capture_output=True,
                           text=True, timeout=600)
     log = (tmp_path / "gpu.log").read_text()
     assert done.returncode == 0 and "!!" not in log, log[-3000:]
     assert "largest difference from compiled: 0 nats" in log
-    assert log.count("\n== ") >= 4  # environment, check, small, ksg
+    assert "PASS  graphed training (CPU stand-in) = eager: bit-identical" in log
+    assert log.count("graphed/step-device") == 2  # fp32 and bf16, the stand-in's rate beside eager
+    assert log.count("\n== ") >= 6  # environment, check, graphs twice, small, ksg

@@ -128,6 +128,9 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = False  # NHWC layout for the convolutions (faster on GPU tensor cores)
     compile: str = "off"  # torch.compile the objective: off | default | reduce-overhead | max-autotune
+    # The whole step (forward, backward, clipping, the update) captured once as a CUDA graph and
+    # replayed: no kernel launches from Python per step. CUDA only, one process (indpred.train.graphs).
+    cuda_graphs: bool = False
     activation_checkpointing: bool = False  # recompute the image networks' activations in backward
     data_workers: int = 0  # DataLoader processes preparing batches ahead (0: in the training process)
 
@@ -289,6 +292,11 @@ def validate(cfg: RunConfig) -> None:
          "train.channels_last cannot be combined with train.compile (the compiler picks the "
          "convolutions' memory layout itself); add --set train.channels_last=false"),
         (t.data_workers >= 0, f"train.data_workers must be >= 0, got {t.data_workers}"),
+        (not (t.cuda_graphs and t.compile != "off"),
+         "train.cuda_graphs cannot be combined with train.compile (compile=reduce-overhead makes "
+         "its own graphs); use one"),
+        (not (t.cuda_graphs and t.activation_checkpointing),
+         "train.cuda_graphs cannot be combined with train.activation_checkpointing (use one)"),
     ]
     for ok, message in checks:
         if not ok:

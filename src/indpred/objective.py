@@ -93,7 +93,7 @@ def sequence_elbo(
     )
 
 
-def training_loss(terms: ElboTerms, *, kl_weight: float = 1.0, free_bits: float = 0.0,
+def training_loss(terms: ElboTerms, *, kl_weight: float | Tensor = 1.0, free_bits: float = 0.0,
                   batch_mean: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """The loss a step minimises: ``−(log-likelihood − kl_weight·KL)`` averaged over the batch.
 

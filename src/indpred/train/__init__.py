@@ -5,7 +5,9 @@ folder, its lock, resuming, the torchrun handshake, the starts of a run) →
 :mod:`~indpred.train.setup` (model, DDP/compile wrapper, Adam) →
 :mod:`~indpred.train.loop` (the step and the loop: LR schedule, KL warm-up, skipping a
 non-finite step, logs, test ELBO, checkpoints) with :mod:`~indpred.train.batches` (which
-sequences step s trains on) and :mod:`~indpred.train.restarts` (the dormant-factor rule).
+sequences step s trains on), :mod:`~indpred.train.update` (the update decided on the
+device), :mod:`~indpred.train.graphs` (the step as one CUDA graph) and
+:mod:`~indpred.train.restarts` (the dormant-factor rule).
 """
 
 from indpred.data.factory import TRAIN_STREAM_LENGTH, make_datasets

@@ -10,7 +10,8 @@ repeats exactly what an uninterrupted one would have done. Each step, on every r
 3. the step's figures packed in one device tensor (:func:`pack_figures`, all-reduced over
    ranks) and the update decided on the device (:mod:`~indpred.train.update`): a
    non-finite loss or gradient leaves parameters, Adam's state and batch norm's statistics
-   as they were.
+   as they were. With ``train.cuda_graphs`` steps 2 and 3 are one CUDA graph, replayed
+   (:mod:`~indpred.train.graphs`).
 
 Nothing of that is read on the host. At a sync point (a log, test-ELBO, dormant-check or
 checkpoint step, and the last) the figures since the previous one come back in one
@@ -49,6 +50,7 @@ from indpred.model import snapshot_buffers
 from indpred.objective import ElboTerms, training_loss
 from indpred.train.batches import step_batches
 from indpred.train.board import Board
+from indpred.train.graphs import StepGraph
 from indpred.train.restarts import DormantWindow, abandons
 from indpred.train.setup import Trainer, is_out_of_memory, out_of_memory_message
 from indpred.train.update import finite, masked_restore_buffers, masked_step
@@ -67,14 +69,14 @@ class TrainResult:
     dormant: list[float] | None = None  # KL per factor at the check, when the run must start over
 
 
-def forward_backward(trainer: Trainer, frames: Tensor, noise: Tensor, kl_weight: float = 1.0,
+def forward_backward(trainer: Trainer, frames: Tensor, noise: Tensor, kl_weight: float | Tensor = 1.0,
                      free_bits: float = 0.0, ranks: Ranks = SINGLE) -> tuple[Tensor, ElboTerms]:
     """Loss and (detached) ELBO terms of one batch, gradients accumulated (no optimiser step).
 
     The loss is :func:`~indpred.objective.training_loss`; under torchrun its free bits are
     decided on the global batch's mean KL (one all-reduce of K numbers).
     """
-    if trainer.cuda_graphs:  # a new step: the graphs may reuse the last step's output memory
+    if trainer.compiled_graphs:  # a new step: the graphs may reuse the last step's output memory
         torch.compiler.cudagraph_mark_step_begin()
     terms = trainer.objective(frames, noise)  # log-likelihood (B,), KL (B, K)
     batch_mean = (lambda kl: distributed.all_reduce_sum(kl, ranks) / ranks.world) if ranks.active else None
@@ -82,6 +84,22 @@ def forward_backward(trainer: Trainer, frames: Tensor, noise: Tensor, kl_weight:
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     return loss, terms.detach()
+
+
+def update(trainer: Trainer, frames: Tensor, eps: Tensor, kl_weight: float | Tensor = 1.0, *,
+           free_bits: float = 0.0, grad_clip: float = 0.0, ranks: Ranks = SINGLE) -> Tensor:
+    """A training step's work on the device: forward, backward, clipping (``grad_clip`` 0: none)
+    and the update, which a non-finite step skips (:mod:`~indpred.train.update`); nothing is
+    read back. Returns the step's packed figures (4 + K,) (:func:`pack_figures`)."""
+    model = trainer.model
+    buffers = snapshot_buffers(model)  # batch norm's statistics, restored after a bad step
+    loss, terms = forward_backward(trainer, frames, eps, kl_weight, free_bits, ranks)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip else math.inf)
+    packed = pack_figures(loss, grad_norm, terms, ranks)  # (4 + K,)
+    ok = finite(packed[0], packed[1])  # on every rank alike: the figures are global
+    masked_step(trainer.optimizer, ok)
+    masked_restore_buffers(model, buffers, ok)
+    return packed
 
 
 @dataclass
@@ -214,7 +232,10 @@ class TrainingLoop:
         self.log: IO[str] | None = None
         self.board: Board | None = None  # TensorBoard, opened by run() on the main rank if asked for
         self.resumed = resumed
-        self.buffers: list[Tensor] = []  # batch norm's statistics before the current step
+        self.graph = (None if trainer.capture is None else StepGraph(
+            lambda static: update(trainer, static["frames"], static["noise"], static["kl_weight"],
+                                  free_bits=cfg.train.free_bits, grad_clip=cfg.train.grad_clip, ranks=ranks),
+            device, capture=trainer.capture))  # train.cuda_graphs: the step as a CUDA graph
         self.pending: list[Tensor] = []  # each step's packed figures since the last sync point
         self.lr, self.kl_weight = cfg.train.lr, 1.0
         self.t0 = time.perf_counter()
@@ -278,25 +299,22 @@ class TrainingLoop:
             raise
 
     def _step(self, frames: Tensor) -> None:
-        """Forward, backward, clipping and the update of one batch (B, T, C, H, W), all on the
-        device: a non-finite step changes nothing (:mod:`~indpred.train.update`)."""
-        tc, c, model, ranks = self.cfg.train, self.counters, self.trainer.model, self.ranks
+        """One batch (B, T, C, H, W) trained on: this step's learning rate, KL weight and noise,
+        then :func:`update`, eagerly or replayed as a CUDA graph (``train.cuda_graphs``)."""
+        tc, c, ranks = self.cfg.train, self.counters, self.ranks
         self.lr = tc.lr * tc.lr_decay ** (c.step // tc.lr_decay_every)
         for group in self.trainer.optimizer.param_groups:
             group["lr"] = self.lr
         self.kl_weight = _ramp(c.step, tc.kl_warmup)
-        self.buffers = snapshot_buffers(model)  # batch norm's statistics, restored after a bad step
         B, K, d = tc.batch_size, self.cfg.model.factors, self.cfg.model.factor_dim
         eps = torch.randn(ranks.world * B, self.cfg.data.seq_len, K, d, device=self.device,
                           generator=self.noise)  # (R·B, T, K, d): the global batch's
         eps = eps[ranks.rank * B:(ranks.rank + 1) * B]  # (B, T, K, d): this rank's rows
-        loss, terms = forward_backward(self.trainer, frames, eps, self.kl_weight, tc.free_bits, ranks)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                   tc.grad_clip if tc.grad_clip else math.inf)
-        packed = pack_figures(loss, grad_norm, terms, ranks)  # (4 + K,)
-        ok = finite(packed[0], packed[1])  # on every rank alike: the figures are global
-        masked_step(self.trainer.optimizer, ok)
-        masked_restore_buffers(model, self.buffers, ok)
+        if self.graph is None:
+            packed = update(self.trainer, frames, eps, self.kl_weight, free_bits=tc.free_bits,
+                            grad_clip=tc.grad_clip, ranks=ranks)
+        else:  # the learning rate is baked into the graph: a new one is a new capture
+            packed = self.graph(self.lr, frames=frames, noise=eps, kl_weight=self.kl_weight)
         self.pending.append(packed)
         c.step += 1
 

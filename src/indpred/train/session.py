@@ -34,7 +34,7 @@ from indpred.data.factory import make_datasets
 from indpred.distributed import Ranks
 from indpred.errors import UserError
 from indpred.lock import run_lock
-from indpred.train import restarts
+from indpred.train import graphs, restarts
 from indpred.train.board import require_tensorboard
 from indpred.train.loop import Counters, TrainingLoop, TrainResult
 from indpred.train.setup import (
@@ -93,6 +93,8 @@ def train(
                 cfg.train.steps = steps
             cfg.resolve()  # a config built by hand gets its derived fields; any is checked once more
             device = distributed.training_device(runfolder.resolve_device(cfg.train.device), ranks)
+            if cfg.train.cuda_graphs:  # refused before the run folder is touched
+                graphs.capture_for(device, ranks)
             datasets = make_datasets(cfg.data)  # fails early on a bad MNIST folder
             if cfg.train.tensorboard:
                 require_tensorboard()  # before the run folder is touched

@@ -20,6 +20,8 @@ from indpred.config import RunConfig
 from indpred.distributed import SINGLE, Ranks
 from indpred.model import FactoredVAE
 from indpred.objective import ElboTerms, sequence_elbo
+from indpred.train import graphs
+from indpred.train.graphs import Capture
 from indpred.train.restarts import attempt_seed
 
 
@@ -46,7 +48,8 @@ class Trainer:
     model: FactoredVAE
     objective: nn.Module
     optimizer: torch.optim.Optimizer
-    cuda_graphs: bool = False  # compiled with CUDA graphs: each step must be marked
+    compiled_graphs: bool = False  # compiled with CUDA graphs (compile=reduce-overhead): mark each step
+    capture: type[Capture] | None = None  # train.cuda_graphs: how the loop records its step
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -82,8 +85,11 @@ def make_model(cfg: RunConfig, device: torch.device, attempt: int = 0) -> Factor
 
 def make_trainer(model: FactoredVAE, cfg: RunConfig, device: torch.device,
                  ranks: Ranks = SINGLE) -> Trainer:
-    """Wrap ``model`` for training: global batch norm and DDP over several ranks, compilation, Adam."""
+    """Wrap ``model`` for training: global batch norm and DDP over several ranks, compilation or
+    CUDA graphs, Adam."""
     tc = cfg.train
+    if tc.cuda_graphs:  # refused before anything is built where it cannot run
+        graphs.capture_for(device, ranks)
     objective: nn.Module = ElboObjective(model)
     if ranks.active:
         distributed.sync_batch_norm(model, device)
@@ -100,7 +106,8 @@ def make_trainer(model: FactoredVAE, cfg: RunConfig, device: torch.device,
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.9, tc.adam_beta2),
                                  capturable=device.type == "cuda")
     return Trainer(model=model, objective=objective, optimizer=optimizer,
-                   cuda_graphs=tc.compile in ("reduce-overhead", "max-autotune"))
+                   compiled_graphs=tc.compile in ("reduce-overhead", "max-autotune"),
+                   capture=graphs.capture_for(device, ranks) if tc.cuda_graphs else None)
 
 
 def setup_torch(cfg: RunConfig) -> None:
