@@ -31,10 +31,15 @@ def recorded_step(path: Path) -> int | None:
 
 
 def train_or_resume(cfg, run: Path, steps: int, progress: bool) -> None:
+    """Train ``run`` to ``steps`` (resuming it if it has begun); a run stopped by a signal ends
+    the script there, neither evaluated nor recorded (its checkpoint resumes it)."""
     if recorded_step(run / "summary.json") == steps:
         return
     resume = (run / "config.json").is_file()
-    train(cfg, run, resume=resume, steps=steps, progress=progress)
+    result = train(cfg, run, resume=resume, steps=steps, progress=progress)
+    if result.stopped_early:
+        raise SystemExit(f"run_pair: {run} stopped at step {result.step} of {steps}; its checkpoint "
+                         "is saved: run the same command again to resume it")
 
 
 def keep_record(run: Path, folder: Path) -> Path:

@@ -3,9 +3,11 @@
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +41,22 @@ def test_run_pair_tiny_then_rerun_skips_finished_runs(tmp_path):
     assert summary["factored"]["elbo"]["n"] == 2 and summary["entangled"]["runs"] == [
         str(out / "entangled-seed1")]
     assert (out / "factored-seed0" / "summary.json").stat().st_mtime > mtime
+
+
+def test_run_pair_stopped_by_a_signal_is_neither_evaluated_nor_recorded(tmp_path):
+    out, records = tmp_path / "pair", tmp_path / "records"
+    args = [sys.executable, str(ROOT / "experiments" / "run_pair.py"), "--tiny", "--seeds", "0",
+            "--no-entangled", "--steps", "5000", "--out", str(out), "--record", str(records), "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "factored-seed0" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and log.read_text().count("\n") >= 3) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "stopped at step" in err and "run the same command again" in err, err
+    assert (out / "factored-seed0" / "checkpoints").is_dir()
+    assert not (out / "factored-seed0" / "eval").exists() and not records.exists()
 
 
 def test_entangled_only_trains_the_twins_alone_and_refuses_to_train_nothing(tmp_path):
