@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from indpred.checkpoint import latest_checkpoint, read_checkpoint
 from indpred.config import apply_overrides
@@ -18,6 +19,8 @@ from indpred.errors import UserError
 from indpred.run import load_model
 from indpred.train import graphs, train
 from indpred.train.graphs import EagerCapture, StepGraph
+from indpred.train.loop import update
+from indpred.train.setup import make_model, make_trainer
 from tests.test_reliability import poison
 
 
@@ -111,3 +114,42 @@ def test_cuda_graphs_are_refused_where_they_cannot_run(tmp_path, tiny_config):
     for other in ("train.compile=reduce-overhead", "train.activation_checkpointing=true"):
         with pytest.raises(UserError, match="cannot be combined"):
             apply_overrides(cfg, [other])
+
+
+class HostData(TorchDispatchMode):
+    """Records what a CUDA graph cannot hold: a tensor made from host data (a copy from the host
+    on a GPU) and a value read back to the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.lift_fresh.default, torch.ops.aten._local_scalar_dense.default):
+            self.found.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("sets", [[], ["model.decoder=shared", "model.transition_order=2"]],
+                         ids=["per-factor order 1", "shared order 2"])
+def test_the_step_makes_no_tensor_from_host_data_and_reads_nothing_back(tiny_config, monkeypatch, sets):
+    # what would break the capture on a GPU, seen on a CPU; free bits and clipping on, as the
+    # paths they take are the likeliest to make a number a tensor
+    cfg = apply_overrides(tiny_config, [*sets, "train.free_bits=0.5", "train.grad_clip=1.0"])
+    model = make_model(cfg, torch.device("cpu")).train()
+    trainer = make_trainer(model, cfg, torch.device("cpu"))
+    adam_step = torch.optim.Adam.step
+    frames = torch.rand(4, cfg.data.seq_len, 3, 64, 64)
+    eps = torch.randn(4, cfg.data.seq_len, cfg.model.factors, cfg.model.factor_dim)
+    update(trainer, frames, eps, 0.5, free_bits=0.5, grad_clip=1.0)  # Adam's state made before
+    mode = HostData()
+
+    def adam_unwatched(self, *args, **kwargs):  # a CPU's Adam reads its step count (not capturable
+        with torch.utils._python_dispatch._disable_current_modes():  # on a CPU); a GPU's reads nothing
+            return adam_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", adam_unwatched)
+    kl_weight = torch.tensor(0.5)  # as the graph's static buffer gives it
+    with mode:
+        update(trainer, frames, eps, kl_weight, free_bits=0.5, grad_clip=1.0)
+    assert mode.found == []

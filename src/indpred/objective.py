@@ -23,7 +23,9 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor | float) -> Tensor:
     """Element-wise ``log N(x; mean, exp(logvar))``, Gaussian constant included."""
-    logvar = torch.as_tensor(logvar, dtype=mean.dtype, device=mean.device)
+    logvar = (logvar.to(dtype=mean.dtype, device=mean.device) if torch.is_tensor(logvar)  # a number is
+              else torch.full((), logvar, dtype=mean.dtype, device=mean.device))  # a fill, not a copy
+    # from the host, which a CUDA graph cannot hold
     return -0.5 * (LOG_2PI + logvar + (x - mean).square() * torch.exp(-logvar))
 
 
@@ -108,5 +110,5 @@ def training_loss(terms: ElboTerms, *, kl_weight: float | Tensor = 1.0, free_bit
     decided = kl_mean.detach().clone()
     if batch_mean is not None:
         decided = batch_mean(decided)
-    penalised = torch.where(decided > free_bits, kl_mean, kl_mean.new_tensor(free_bits))
+    penalised = torch.where(decided > free_bits, kl_mean, kl_mean.new_full((), free_bits))
     return -terms.log_likelihood.mean() + kl_weight * penalised.sum()
