@@ -103,6 +103,9 @@ def variants(cfg: RunConfig, device: torch.device, names: list[str]) -> dict[str
             loop_model = copy.deepcopy(model)
             loop_trainer = make_trainer(loop_model, cfg, device)
             if name == "graphed":
+                if tc.compile != "off":
+                    raise SystemExit("train_throughput: the graphed variant makes its own CUDA graph; "
+                                     "drop --compile for it (as train.cuda_graphs refuses train.compile)")
                 capture = CudaCapture if device.type == "cuda" else EagerCapture
                 graph = StepGraph(lambda static, t=loop_trainer: update(t, static["frames"], static["noise"]),
                                   device, capture=capture)

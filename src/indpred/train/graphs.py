@@ -53,7 +53,9 @@ class CudaCapture:
 
     def __init__(self, step: Callable[[], Tensor], device: torch.device) -> None:
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.device(device), torch.cuda.graph(self.graph):
+        # thread_local: a DataLoader's pin-memory thread allocating pinned memory meanwhile
+        # (train.data_workers with data prepared on the CPU) does not spoil the capture
+        with torch.cuda.device(device), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.output = step()
 
     def replay(self) -> Tensor:
