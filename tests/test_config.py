@@ -33,7 +33,8 @@ def test_a_config_written_at_e670eff_loads_as_todays_with_the_same_values():
         for key in removed:
             old[section].pop(key)
     # keys added since, at the value old runs mean
-    added = {"model": {"transition_order": 1}, "train": {"tensorboard": False}, "data": {"image_size": 64}}
+    added = {"model": {"transition_order": 1}, "train": {"tensorboard": False, "cuda_graphs": False},
+             "data": {"image_size": 64}}
     for section, values in added.items():
         old[section].update(values)
     assert loaded.to_dict() == old  # every remaining value read as written, the added ones defaulted

@@ -139,7 +139,8 @@ def test_the_step_makes_no_tensor_from_host_data_and_reads_nothing_back(tiny_con
     model = make_model(cfg, torch.device("cpu")).train()
     trainer = make_trainer(model, cfg, torch.device("cpu"))
     adam_step = torch.optim.Adam.step
-    frames = torch.rand(4, cfg.data.seq_len, 3, 64, 64)
+    S = cfg.data.image_size
+    frames = torch.rand(4, cfg.data.seq_len, 3, S, S)
     eps = torch.randn(4, cfg.data.seq_len, cfg.model.factors, cfg.model.factor_dim)
     update(trainer, frames, eps, 0.5, free_bits=0.5, grad_clip=1.0)  # Adam's state made before
     mode = HostData()

@@ -34,8 +34,9 @@ def test_scalars_and_images_read_back_and_the_training_is_unchanged(tmp_path, ti
     assert [e.step for e in acc.Scalars("test/elbo")] == [2, 4]
     for tag in ("reconstruction", "independent_generations"):
         shots = acc.Images(tag)
-        assert [s.step for s in shots] == [2, 4] and shots[0].width == 3 * 64  # T = 3 frames side by side
-    assert acc.Images("reconstruction")[0].height == 2 * 64  # data over reconstruction
+        assert [s.step for s in shots] == [2, 4]
+        assert shots[0].width == 3 * cfg.data.image_size  # T = 3 frames side by side
+    assert acc.Images("reconstruction")[0].height == 2 * cfg.data.image_size  # data over reconstruction
     # the same training without TensorBoard: the same weights, bit for bit
     plain = apply_overrides(tiny_config, ["train.eval_every=2"])
     train(plain, tmp_path / "plain", steps=4, progress=False)

@@ -83,7 +83,8 @@ def test_free_bits_leave_factors_below_the_floor_unpenalised(tiny_config):
     reached only through the KL, gets none); a floor of zero is the plain ELBO loss."""
     from indpred.train import forward_backward, make_model, make_trainer
 
-    frames = torch.rand(4, 3, 3, 64, 64)
+    S = tiny_config.data.image_size
+    frames = torch.rand(4, 3, 3, S, S)
     noise = torch.randn(4, 3, tiny_config.model.factors, tiny_config.model.factor_dim)
     results = {}
     for floor in (0.0, 1e6):
