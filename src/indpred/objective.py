@@ -23,9 +23,9 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor | float) -> Tensor:
     """Element-wise ``log N(x; mean, exp(logvar))``, Gaussian constant included."""
-    logvar = (logvar.to(dtype=mean.dtype, device=mean.device) if torch.is_tensor(logvar)  # a number is
-              else torch.full((), logvar, dtype=mean.dtype, device=mean.device))  # a fill, not a copy
-    # from the host, which a CUDA graph cannot hold
+    # a number becomes a fill, not a copy from the host (which a CUDA graph cannot hold)
+    logvar = (logvar.to(dtype=mean.dtype, device=mean.device) if torch.is_tensor(logvar)
+              else torch.full((), logvar, dtype=mean.dtype, device=mean.device))
     return -0.5 * (LOG_2PI + logvar + (x - mean).square() * torch.exp(-logvar))
 
 

@@ -115,7 +115,7 @@ class StepGraph:
         self.key: Hashable = None
         self.graph: Capture | None = None
         self.warm = 0  # eager steps run at the current shapes
-        self.captures = 0  # how many times the step was recorded (a figure for tests and benchmarks)
+        self.captures = 0  # how many times the step was recorded (the tests read it)
 
     def __call__(self, key: Hashable, **inputs: Tensor | float) -> Tensor:
         shapes = tuple((name, tuple(v.shape), v.dtype) if torch.is_tensor(v) else (name, (), torch.float32)

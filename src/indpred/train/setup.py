@@ -88,8 +88,8 @@ def make_trainer(model: FactoredVAE, cfg: RunConfig, device: torch.device,
     """Wrap ``model`` for training: global batch norm and DDP over several ranks, compilation or
     CUDA graphs, Adam."""
     tc = cfg.train
-    if tc.cuda_graphs:  # refused before anything is built where it cannot run
-        graphs.capture_for(device, ranks)
+    # train.cuda_graphs: refused (one line) before anything is built where it cannot run
+    capture = graphs.capture_for(device, ranks) if tc.cuda_graphs else None
     objective: nn.Module = ElboObjective(model)
     if ranks.active:
         distributed.sync_batch_norm(model, device)
@@ -107,7 +107,7 @@ def make_trainer(model: FactoredVAE, cfg: RunConfig, device: torch.device,
                                  capturable=device.type == "cuda")
     return Trainer(model=model, objective=objective, optimizer=optimizer,
                    compiled_graphs=tc.compile in ("reduce-overhead", "max-autotune"),
-                   capture=graphs.capture_for(device, ranks) if tc.cuda_graphs else None)
+                   capture=capture)
 
 
 def setup_torch(cfg: RunConfig) -> None:
