@@ -7,7 +7,8 @@ One row per run: the prior's order and generator, alignment, each digit's best p
 probe R², the prior's one-step error over "stay put" (and constant-velocity extrapolation's),
 the rollout's PSNR gain over copying the last frame (worst and best horizon), the velocity
 probes from one state and from two, digit identity against chance, same/cross MI on all
-pairs and under the authors' protocol, the ELBO and the training time.
+pairs, under the authors' protocol and on the active units across sequences, the ELBO and the
+training time.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 
 COLUMNS = ["run", "order, generator", "alignment", "position R² (digit 1, 2)", "one-step / stay",
            "extrapolate / stay", "rollout − copy (dB)", "velocity R² z_t ; (z_t-1, z_t)",
-           "identity (chance)", "MI same / cross", "authors' same / cross", "ELBO", "train (min)"]
+           "identity (chance)", "MI same / cross", "authors' same / cross", "active units same / cross",
+           "ELBO", "train (min)"]
 
 
 def load(path: Path) -> tuple[str, dict[str, Any]]:
@@ -46,6 +48,7 @@ def row(name: str, r: dict[str, Any]) -> list[str]:
     one, vel, ident = mo.get("one_step", {}), mo.get("velocity", {}), mo.get("identity", {})
     gain = pred.get("psnr_gain_over_copy")
     authors = mi.get("authors") or {}
+    active = mi.get("active") or {}  # evaluated before this reading: —
     seconds = summary.get("train_seconds")
     restarts = len(summary.get("restarts", []))
     return [
@@ -61,6 +64,7 @@ def row(name: str, r: dict[str, Any]) -> list[str]:
         if "best" in ident else "—",
         f"{fmt(mi['same_bits'])} / {fmt(mi['cross_bits'])}",
         f"{fmt(authors.get('same_bits'))} / {fmt(authors.get('cross_bits'))}",
+        f"{fmt(active.get('same_bits'))} / {fmt(active.get('cross_bits'))}",
         f"{m['elbo']['elbo']:.1f} ± {m['elbo']['elbo_stderr']:.1f}",
         fmt(seconds / 60, 0) if seconds else "—",
     ]

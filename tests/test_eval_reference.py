@@ -88,7 +88,9 @@ class Evaluated:
         with torch.no_grad():
             g = torch.Generator().manual_seed(SEED)
             self.samples = self.model.filter(self.frames, generator=g).z.double().numpy()  # (N, T, K, d)
-            self.means = self.model.filter(self.frames, sample=False).post_mean  # (N, T, K, d)
+            by_means = self.model.filter(self.frames, sample=False)
+            self.means = by_means.post_mean  # (N, T, K, d)
+            self.variances = by_means.post_logvar.exp().double().numpy()
         K, d = self.samples.shape[2:]
         self.z_t = self.samples[:, :-1].reshape(-1, K * d)  # (N·(T−1), D)
         self.z_next = self.samples[:, 1:].reshape(-1, K * d)
@@ -119,8 +121,10 @@ def digamma_int(n: np.ndarray) -> np.ndarray:
     return -EULER + harmonic[n - 1]
 
 
-def ksg_brute_force(x: np.ndarray, y: np.ndarray, k: int = 3) -> float:
-    """KSG algorithm 1 (max-norm, columns standardised), every pairwise distance computed."""
+def ksg_brute_force(x: np.ndarray, y: np.ndarray, k: int = 3, sequence: np.ndarray | None = None) -> float:
+    """KSG algorithm 1 (max-norm, columns standardised), every pairwise distance computed; with
+    ``sequence``, a sample's own sequence is left out of its neighbourhoods and ψ(N) becomes the
+    mean ψ(samples outside it + 1)."""
     def standardise(a):
         std = a.std(axis=0)
         return (a - a.mean(axis=0)) / np.where(std > 0, std, 1.0)
@@ -130,13 +134,16 @@ def ksg_brute_force(x: np.ndarray, y: np.ndarray, k: int = 3) -> float:
     dx = np.abs(x[:, None, :] - x[None, :, :]).max(-1)  # (N, N)
     dy = np.abs(y[:, None, :] - y[None, :, :]).max(-1)
     joint = np.maximum(dx, dy)
-    np.fill_diagonal(joint, np.inf)
+    left_out = np.eye(n, dtype=bool) if sequence is None else sequence[:, None] == sequence[None, :]
+    joint[left_out] = np.inf
     eps = np.sort(joint, axis=1)[:, k - 1]  # distance to the k-th neighbour, i excluded
-    np.fill_diagonal(dx, np.inf)
-    np.fill_diagonal(dy, np.inf)
+    dx[left_out] = np.inf
+    dy[left_out] = np.inf
     n_x = (dx < eps[:, None]).sum(1)
     n_y = (dy < eps[:, None]).sum(1)
-    return float(digamma_int(k) + digamma_int(n) - np.mean(digamma_int(n_x + 1) + digamma_int(n_y + 1)))
+    others = n - left_out.sum(1) + 1
+    counts = digamma_int(n_x + 1) + digamma_int(n_y + 1)
+    return float(digamma_int(k) + np.mean(digamma_int(others)) - np.mean(counts))
 
 
 def ridge_r2(X: np.ndarray, Y: np.ndarray, seed: int) -> np.ndarray:
@@ -423,3 +430,21 @@ def test_authors_mi_reading_is_the_brute_force_ksg_of_the_last_pairs(name, reque
     M = np.array([[ksg_brute_force(e.z_t[:, ui], e.z_next[:, uj]) for uj in e.units] for ui in e.units])
     np.testing.assert_allclose(a["matrix_nats"], M, rtol=1e-9, atol=1e-12)
     assert a["cross_one_direction_nats"] == pytest.approx(M[0, 1])
+
+
+@pytest.mark.parametrize("name", ["factored", "twin"])
+def test_active_units_mi_reading_is_the_brute_force_ksg_of_the_units_above_snr_one(name, request):
+    """Active: Var over frames of the posterior mean over the mean posterior variance, above 1."""
+    e = request.getfixturevalue(name)
+    a = e.metrics["mutual_information"]["active"]
+    means = e.means.double().numpy().reshape(-1, e.z_t.shape[1])  # (N·T, D)
+    snr = np.array([np.var(means[:, u]) / np.mean(e.variances.reshape(len(means), -1)[:, u])
+                    for u in range(means.shape[1])])
+    np.testing.assert_allclose(a["snr"], snr, rtol=1e-5)  # float32 latents
+    units = [[u for u in g if snr[u] > 1.0] for g in e.units]
+    assert a["units"] == units and a["snr_threshold"] == 1.0
+    sequence = np.repeat(np.arange(SEQUENCES), len(e.z_t) // SEQUENCES)
+    M = np.array([[ksg_brute_force(e.z_t[:, ui], e.z_next[:, uj], sequence=sequence) if ui and uj else 0.0
+                   for uj in units] for ui in units])
+    np.testing.assert_allclose(a["matrix_nats"], M, rtol=1e-9, atol=1e-12)
+    assert a["same_nats"] == pytest.approx(np.diag(M).mean())

@@ -2,6 +2,7 @@
 
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -9,6 +10,9 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,3 +136,35 @@ def test_gpu_script_smoke_mode_runs_its_checks_graphs_and_ksg_steps_on_the_cpu(t
     assert "PASS  graphed training (CPU stand-in) = eager: bit-identical" in log
     assert log.count("graphed/step-device") == 2  # fp32 and bf16, the stand-in's rate beside eager
     assert log.count("\n== ") >= 6  # environment, check, graphs twice, small, ksg
+
+
+def test_mi_budget_reads_a_run_as_its_evaluation_does_and_refuses_an_entangled_one(tmp_path):
+    out = tmp_path / "pair"
+    done = run("--tiny", "--seeds", "0", "--steps", "2", "--eval-sequences", "8", "--out", str(out),
+               "--no-progress")
+    assert done.returncode == 0, done.stderr
+    script = [sys.executable, str(ROOT / "experiments" / "mi_budget.py")]
+    budget = subprocess.run([*script, str(out / "factored-seed0"), "--sequences", "8", "--out",
+                             str(tmp_path / "budget.json")], capture_output=True, text=True, timeout=300)
+    assert budget.returncode == 0, budget.stderr
+    (r,) = json.loads((tmp_path / "budget.json").read_text())
+    mi = json.loads((out / "factored-seed0" / "eval" / "metrics.json").read_text())["mutual_information"]
+    assert r["plain"]["samples"]["same"] == pytest.approx(mi["same_bits"], abs=1e-9)
+    assert r["plain"]["samples"]["cross"] == pytest.approx(mi["cross_bits"], abs=1e-9)
+    assert r["across"]["samples_active"]["same"] == pytest.approx(mi["active"]["same_bits"], abs=1e-9)
+    # the ground truth's reading, recomputed from the data alone: each digit's (row, col) at t and t+1
+    from indpred.config import RunConfig
+    from indpred.data.factory import make_dataset
+    from indpred.metrics import ksg_mi
+
+    cfg = RunConfig.from_dict(json.loads((out / "factored-seed0" / "config.json").read_text()))
+    pos = make_dataset(cfg.data, "test", 8, seed=cfg.data.seed, seq_len=cfg.data.seq_len).get_batch(
+        range(8))["positions"].numpy()  # (N, T, J, 2)
+    flat = pos.shape[-2:]
+    a, b = pos[:, :-1].reshape(-1, *flat), pos[:, 1:].reshape(-1, *flat)
+    same = np.mean([ksg_mi(a[:, j], b[:, j]) for j in range(flat[0])]) / math.log(2)
+    assert r["plain"]["truth"]["same"] == pytest.approx(same, abs=1e-9)
+    assert "| plain |" in budget.stdout and "| across sequences |" in budget.stdout
+    refused = subprocess.run([*script, str(out / "entangled-seed0")], capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "entangled" in refused.stderr

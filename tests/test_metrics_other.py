@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from indpred.errors import UserError
-from indpred.eval.dependence import authors_reading
+from indpred.eval.dependence import active_reading, authors_reading, unit_snr
 from indpred.eval.groups import UnitGroups
 from indpred.metrics import (
     active_units,
@@ -288,3 +288,30 @@ def test_a_layer_whose_channels_sit_at_different_levels_still_tracks_its_blob():
     layer[0] = -3.0
     layer += 12 * blob((8, 8), radius=4) / 4
     np.testing.assert_allclose(intensity_centres(layer_weights(layer)), [8.0, 8.0], atol=1e-9)
+
+
+def test_active_reading_recovers_the_information_that_noise_units_hide_from_ksg():
+    """Two factors of 8 units: 2 units follow a Gaussian AR(1) chain (ρ = 0.95, I = −log(1 − ρ²)
+    nats in closed form), 6 are the prior's noise. KSG on all 8 reads a fraction of it; on the
+    units whose posterior SNR exceeds 1 it reads the closed form."""
+    rng = np.random.default_rng(5)
+    P, rho = 1500, 0.95
+    signal_t = rng.normal(size=(P, 2, 2))
+    signal_next = rho * signal_t + math.sqrt(1 - rho**2) * rng.normal(size=(P, 2, 2))
+    z_t = np.concatenate([signal_t, rng.normal(size=(P, 2, 6))], axis=-1)  # (P, K, d)
+    z_next = np.concatenate([signal_next, rng.normal(size=(P, 2, 6))], axis=-1)
+    means = np.concatenate([signal_t, 0.01 * rng.normal(size=(P, 2, 6))], axis=-1)  # noise units: mean ≈ 0
+    variances = np.concatenate([np.full((P, 2, 2), 1e-3), np.ones((P, 2, 6))], axis=-1)
+    snr = unit_snr(means, variances)
+    signal = [0, 1, 8, 9]
+    assert snr.shape == (16,) and (snr[signal] > 100).all() and (np.delete(snr, signal) < 1e-3).all()
+    exact = -math.log(1 - rho**2)  # nats: two independent units of correlation ρ
+    groups = UnitGroups([list(range(8)), list(range(8, 16))], None)
+    a = active_reading(z_t, z_next, groups, snr, np.arange(P), k=3)  # every pair its own sequence
+    assert a["units"] == [[0, 1], [8, 9]] and a["counts"] == [2, 2]
+    assert a["same_nats"] == pytest.approx(exact, rel=0.1)
+    assert abs(a["cross_nats"]) < 0.1
+    everything = np.diag(mi_matrix(z_t, z_next, k=3)).mean()
+    assert everything < 0.5 * exact  # what the usual reading sees through six noise units
+    silent = active_reading(z_t, z_next, groups, np.where(np.arange(16) < 8, 0.0, snr), np.arange(P), k=3)
+    assert silent["counts"] == [0, 2] and silent["matrix_nats"][0].tolist() == [0.0, 0.0]

@@ -10,11 +10,12 @@ import numpy as np
 
 from indpred.eval.context import EvalContext
 from indpred.eval.groups import UnitGroups, regroup
-from indpred.metrics import block_summary, lagged_correlation, mi_matrix, mi_summary
+from indpred.metrics import block_summary, ksg_mi_across, lagged_correlation, mi_matrix, mi_summary
 from indpred.report import plot_lagged_correlation, plot_matrix
 
 LN2 = math.log(2.0)
 AUTHORS_PAIRS = 1000  # the authors' code: KSG (k = 3) over the last 1,000 (z_t, z_t+1) pairs
+ACTIVE_SNR = 1.0  # a unit is active when its posterior mean varies more than its posterior noise
 
 
 def correlation_metrics(ctx: EvalContext, z_t: np.ndarray, z_next: np.ndarray,
@@ -31,9 +32,13 @@ def correlation_metrics(ctx: EvalContext, z_t: np.ndarray, z_next: np.ndarray,
 
 
 def mutual_information_metrics(ctx: EvalContext, z_t: np.ndarray, z_next: np.ndarray,
-                               groups: UnitGroups, *, k: int, partitions: int) -> dict[str, Any]:
+                               groups: UnitGroups, *, k: int, partitions: int,
+                               snr: np.ndarray | None = None, sequence: np.ndarray | None = None
+                               ) -> dict[str, Any]:
     """The K × K matrix I(z_t^i ; z_t+1^j) (KSG, nats) and its same/cross-factor summary; for an
-    entangled model the best partition's, already computed when its groups were chosen."""
+    entangled model the best partition's, already computed when its groups were chosen. With
+    ``snr`` (K·d,), the units' signal-to-noise ratios, and ``sequence`` (P,), each pair's
+    sequence, also the reading on active units across sequences."""
     partition = groups.partition
     if partition is None:
         M = mi_matrix(z_t, z_next, k=k)
@@ -49,6 +54,7 @@ def mutual_information_metrics(ctx: EvalContext, z_t: np.ndarray, z_next: np.nda
     return {
         "k": k, "pairs": len(z_t), "matrix_nats": M, **summary,
         "authors": authors_reading(z_t, z_next, groups),
+        "active": None if snr is None else active_reading(z_t, z_next, groups, snr, sequence, k=k),
         "partition": None if partition is None else {
             "groups": groups.count, "size": groups.size, "units": groups.units,
             "partitions": partitions, "scores_nats": partition["scores"],
@@ -62,3 +68,30 @@ def authors_reading(z_t: np.ndarray, z_next: np.ndarray, groups: UnitGroups) -> 
     n = min(AUTHORS_PAIRS, len(z_t))
     M = mi_matrix(regroup(z_t[-n:], groups.units), regroup(z_next[-n:], groups.units), k=3)
     return {"k": 3, "pairs": n, "matrix_nats": M, **mi_summary(M)}
+
+
+def unit_snr(means: np.ndarray, variances: np.ndarray) -> np.ndarray:
+    """Each unit's signal-to-noise ratio, Var(posterior mean) / E[posterior variance] over every
+    frame: (..., K, d) means and variances → (K·d,). Near 0: the unit is the prior's noise."""
+    flat_m = means.reshape(-1, means.shape[-2] * means.shape[-1])
+    flat_v = variances.reshape(flat_m.shape)
+    return flat_m.var(axis=0) / flat_v.mean(axis=0)
+
+
+def active_reading(z_t: np.ndarray, z_next: np.ndarray, groups: UnitGroups, snr: np.ndarray,
+                   sequence: np.ndarray, *, k: int) -> dict[str, Any]:
+    """KSG on each group's active units only (SNR > ACTIVE_SNR), neighbours from other sequences.
+
+    A sample of an inactive unit is the prior's noise: it carries nothing, yet in the max-norm
+    every noise unit widens every neighbourhood, and KSG reads a fraction of what the active
+    units hold. On precise active units a pair's nearest neighbours would be its own
+    sequence's pairs, which plain KSG reads as dependence even between independent digits, so
+    they are excluded (:func:`ksg_mi_across`; docs/EVALUATION.md). A group with no active
+    unit reads 0."""
+    flat_t, flat_n = (a.reshape(len(a), -1) for a in (z_t, z_next))
+    units = [[u for u in g if snr[u] > ACTIVE_SNR] for g in groups.units]
+    M = np.array([[ksg_mi_across(flat_t[:, ui], flat_n[:, uj], sequence, k=k) if ui and uj else 0.0
+                   for uj in units] for ui in units])
+    return {"k": k, "pairs": len(z_t), "sequences": len(np.unique(sequence)),
+            "snr_threshold": ACTIVE_SNR, "snr": snr, "units": units,
+            "counts": [len(u) for u in units], "matrix_nats": M, **mi_summary(M)}

@@ -25,7 +25,7 @@ from indpred import run as runfolder
 from indpred.data.factory import make_dataset
 from indpred.errors import UserError
 from indpred.eval.context import EvalContext
-from indpred.eval.dependence import correlation_metrics, mutual_information_metrics
+from indpred.eval.dependence import correlation_metrics, mutual_information_metrics, unit_snr
 from indpred.eval.elbo import lower_bound_metrics
 from indpred.eval.groups import unit_groups
 from indpred.eval.latents import collect_latents
@@ -126,8 +126,9 @@ def _evaluate(
     stages.update()
     metrics["correlation"] = correlation_metrics(ctx, z_t, z_next, ug)
     stages.update()
-    metrics["mutual_information"] = mutual_information_metrics(ctx, z_t, z_next, ug, k=k,
-                                                               partitions=partitions)
+    metrics["mutual_information"] = mutual_information_metrics(
+        ctx, z_t, z_next, ug, k=k, partitions=partitions, snr=unit_snr(lat.means, lat.variances),
+        sequence=lat.pair_sequences())
     stages.update()
     metrics["alignment"] = alignment_metrics(ctx, generations(ctx, lat, ug), ug)
     metrics["layers"] = layer_metrics(ctx, lat, metrics["alignment"])

@@ -59,11 +59,16 @@ def _mutual_information_table(mi: dict[str, Any]) -> Table:
             ["cross-factor (one direction, i < j)", _fmt(mi["cross_one_direction_nats"]),
              _fmt(mi["cross_one_direction_bits"])],
             *_authors_rows(mi.get("authors")),
+            *_active_rows(mi.get("active")),
         ], note=" ".join(filter(None, [
             None if mi["partition"] is None else "Entangled model: units split into groups; the best "
             f"of {mi['partition']['partitions']} random partitions (largest same − cross) is shown.",
             None if mi.get("authors") is None else "Authors' protocol: the same estimator on the "
-            f"last {mi['authors']['pairs']} pairs only, as their code measured it."])) or None)
+            f"last {mi['authors']['pairs']} pairs only, as their code measured it.",
+            None if mi.get("active") is None else "Active units: the same estimator on each factor's "
+            "units whose posterior mean varies more than its noise (SNR > "
+            f"{mi['active']['snr_threshold']:g}); inactive units are the prior's noise, which "
+            "hides information from KSG."])) or None)
 
 
 def _authors_rows(a: dict[str, Any] | None) -> list[list[str]]:
@@ -75,6 +80,14 @@ def _authors_rows(a: dict[str, Any] | None) -> list[list[str]]:
              _fmt(a["cross_bits"])],
             ["cross-factor, authors' protocol (i < j)", _fmt(a["cross_one_direction_nats"]),
              _fmt(a["cross_one_direction_bits"])]]
+
+
+def _active_rows(a: dict[str, Any] | None) -> list[list[str]]:
+    if a is None:  # evaluated before the third reading existed
+        return []
+    counts = ", ".join(map(str, a["counts"]))
+    return [[f"same-factor, active units ({counts})", _fmt(a["same_nats"]), _fmt(a["same_bits"])],
+            ["cross-factor, active units (both directions)", _fmt(a["cross_nats"]), _fmt(a["cross_bits"])]]
 
 
 def _alignment_sections(al: dict[str, Any], fig: dict[str, Path]) -> list:

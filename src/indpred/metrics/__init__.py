@@ -8,7 +8,7 @@ one-step error against motion baselines, and object tracks from each factor's la
 from indpred.metrics.alignment import alignment_score, chance_score
 from indpred.metrics.correlation import block_summary, lagged_correlation
 from indpred.metrics.motion import active_units, one_step_error
-from indpred.metrics.mutual_info import best_partition, ksg_mi, mi_matrix, mi_summary
+from indpred.metrics.mutual_info import best_partition, ksg_mi, ksg_mi_across, mi_matrix, mi_summary
 from indpred.metrics.probes import identity_accuracy, probe_matrix, probe_r2
 from indpred.metrics.tracking import intensity_centres, layer_weights, tracking_error
 
@@ -21,6 +21,7 @@ __all__ = [
     "identity_accuracy",
     "intensity_centres",
     "ksg_mi",
+    "ksg_mi_across",
     "lagged_correlation",
     "layer_weights",
     "mi_matrix",
