@@ -67,8 +67,10 @@ def _mutual_information_table(mi: dict[str, Any]) -> Table:
             f"last {mi['authors']['pairs']} pairs only, as their code measured it.",
             None if mi.get("active") is None else "Active units: the same estimator on each factor's "
             "units whose posterior mean varies more than its noise (SNR > "
-            f"{mi['active']['snr_threshold']:g}); inactive units are the prior's noise, which "
-            "hides information from KSG."])) or None)
+            f"{mi['active']['snr_threshold']:g}, units per factor in brackets), each pair's "
+            "neighbours from other sequences only: inactive units are the prior's noise, which hides "
+            "information from KSG, and a sequence's own pairs fake dependence (docs/EVALUATION.md)."]))
+        or None)
 
 
 def _authors_rows(a: dict[str, Any] | None) -> list[list[str]]:
