@@ -264,11 +264,30 @@ def test_ksg_across_sequences_removes_the_dependence_that_shared_sequences_fake(
     assert ksg_mi_across(z_t[:, 0], z_next[:, 0], sequence) == pytest.approx(exact, rel=0.05)
 
 
+@pytest.mark.parametrize("length", [1, 7, 9])
+def test_ksg_across_is_the_brute_force_leaving_each_sequence_out(length):
+    """Ties (values rounded), a duplicated sample, sequences of unequal length (301 = 43 × 7,
+    33 × 9 + 4) and their samples scattered through the arrays."""
+    rng = np.random.default_rng(length)
+    x = np.round(rng.normal(size=(301, 3)), 1)
+    y = x[:, :2] + 0.3 * rng.normal(size=(301, 2))
+    x[5], y[5] = x[6], y[6]
+    sequence = rng.permutation(np.arange(301) // length)
+
+    def standardise(a):
+        return (a - a.mean(axis=0)) / a.std(axis=0)
+
+    found = ksg_mi_across(x, y, sequence, k=3)
+    assert found == pytest.approx(brute_force_ksg(standardise(x), standardise(y), 3, sequence), abs=1e-12)
+    if length == 1:
+        assert found == pytest.approx(ksg_mi(x, y), abs=1e-12)
+
+
 def test_ksg_across_one_sample_per_sequence_is_plain_ksg_and_refuses_too_few_others():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(400, 3))
     y = x[:, :2] + 0.5 * rng.normal(size=(400, 2))
-    assert ksg_mi_across(x, y, np.arange(400), chunk=64) == pytest.approx(ksg_mi(x, y), abs=1e-12)
+    assert ksg_mi_across(x, y, np.arange(400)) == pytest.approx(ksg_mi(x, y), abs=1e-12)
     assert ksg_mi_across(x, y, np.arange(400) // 4, k=3) != pytest.approx(ksg_mi(x, y), abs=1e-6)
     with pytest.raises(UserError, match="outside each sequence"):
         ksg_mi_across(x[:5], y[:5], np.array([0, 0, 0, 1, 1]), k=3)
