@@ -315,3 +315,5 @@ def test_active_reading_recovers_the_information_that_noise_units_hide_from_ksg(
     assert everything < 0.5 * exact  # what the usual reading sees through six noise units
     silent = active_reading(z_t, z_next, groups, np.where(np.arange(16) < 8, 0.0, snr), np.arange(P), k=3)
     assert silent["counts"] == [0, 2] and silent["matrix_nats"][0].tolist() == [0.0, 0.0]
+    two_sequences = active_reading(z_t[:4], z_next[:4], groups, snr, np.array([0, 0, 1, 1]), k=3)
+    assert "too few sequences" in two_sequences["skipped"]  # 2 pairs outside each sequence, k = 3

@@ -88,10 +88,13 @@ def active_reading(z_t: np.ndarray, z_next: np.ndarray, groups: UnitGroups, snr:
     sequence's pairs, which plain KSG reads as dependence even between independent digits, so
     they are excluded (:func:`ksg_mi_across`; docs/EVALUATION.md). A group with no active
     unit reads 0."""
+    _, sizes = np.unique(sequence, return_counts=True)
+    if len(z_t) - sizes.max() < k:
+        return {"skipped": f"too few sequences: KSG with k = {k} needs {k} pairs outside each one"}
     flat_t, flat_n = (a.reshape(len(a), -1) for a in (z_t, z_next))
     units = [[u for u in g if snr[u] > ACTIVE_SNR] for g in groups.units]
     M = np.array([[ksg_mi_across(flat_t[:, ui], flat_n[:, uj], sequence, k=k) if ui and uj else 0.0
                    for uj in units] for ui in units])
-    return {"k": k, "pairs": len(z_t), "sequences": len(np.unique(sequence)),
+    return {"k": k, "pairs": len(z_t), "sequences": len(sizes),
             "snr_threshold": ACTIVE_SNR, "snr": snr, "units": units,
             "counts": [len(u) for u in units], "matrix_nats": M, **mi_summary(M)}

@@ -51,6 +51,8 @@ def _lower_bound_table(m: dict[str, Any]) -> Table:
 
 
 def _mutual_information_table(mi: dict[str, Any]) -> Table:
+    active = mi.get("active")
+    active = None if active is None or "skipped" in active else active
     return Table(
         f"Mutual information between z_t and z_t+1 (KSG, k = {mi['k']}, {mi['pairs']} pairs)",
         ["", "nats", "bits"], [
@@ -59,15 +61,15 @@ def _mutual_information_table(mi: dict[str, Any]) -> Table:
             ["cross-factor (one direction, i < j)", _fmt(mi["cross_one_direction_nats"]),
              _fmt(mi["cross_one_direction_bits"])],
             *_authors_rows(mi.get("authors")),
-            *_active_rows(mi.get("active")),
+            *_active_rows(active),
         ], note=" ".join(filter(None, [
             None if mi["partition"] is None else "Entangled model: units split into groups; the best "
             f"of {mi['partition']['partitions']} random partitions (largest same − cross) is shown.",
             None if mi.get("authors") is None else "Authors' protocol: the same estimator on the "
             f"last {mi['authors']['pairs']} pairs only, as their code measured it.",
-            None if mi.get("active") is None else "Active units: the same estimator on each factor's "
+            None if active is None else "Active units: the same estimator on each factor's "
             "units whose posterior mean varies more than its noise (SNR > "
-            f"{mi['active']['snr_threshold']:g}, units per factor in brackets), each pair's "
+            f"{active['snr_threshold']:g}, units per factor in brackets), each pair's "
             "neighbours from other sequences only: inactive units are the prior's noise, which hides "
             "information from KSG, and a sequence's own pairs fake dependence (docs/EVALUATION.md)."]))
         or None)
@@ -85,7 +87,7 @@ def _authors_rows(a: dict[str, Any] | None) -> list[list[str]]:
 
 
 def _active_rows(a: dict[str, Any] | None) -> list[list[str]]:
-    if a is None:  # evaluated before the third reading existed
+    if a is None:  # evaluated before the third reading existed, or with too few sequences for it
         return []
     counts = ", ".join(map(str, a["counts"]))
     return [[f"same-factor, active units ({counts})", _fmt(a["same_nats"]), _fmt(a["same_bits"])],
