@@ -9,8 +9,8 @@ can be split into its parts:
   posterior's sampling noise);
 - ``samples + class``: each factor's sample with its digit's class appended (one-hot, far
   apart, so that KSG's neighbours never mix classes): what a factor that also knew which
-  digit it carries would read. For a class independent of the state this adds exactly
-  H(class) = log2(10) bits;
+  digit it carries would read. In theory a class independent of the state adds H(class),
+  log2(10) bits for uniform classes; KSG at a thousand pairs credits less (it saturates);
 - ``truth`` and ``truth + class``: each digit's ground-truth position (row, column) as a
   two-unit "factor": what a perfect position code would read with the same estimator;
 - per factor, the posterior's signal-to-noise ratio Var(mean) / E[variance] per unit, the
@@ -109,6 +109,9 @@ def budget(run_dir: Path, sequences: int) -> dict:
     N, T, K, _ = lat.samples.shape
     R2 = probe_matrix(lat.means.reshape(N * T, K, -1),
                       lat.positions.reshape(N * T, *lat.positions.shape[2:]), seed=d.seed)  # (K, J)
+    if K != R2.shape[1]:
+        raise UserError(f"{run_dir}: {K} factors for {R2.shape[1]} digits; the readings pair each "
+                        "factor with one digit, so they need as many factors as digits")
     factors, digits = linear_sum_assignment(-R2)
     digit_of = [dict(zip(factors.tolist(), digits.tolist()))[k] for k in range(K)]
     posterior = channel(lat.means.reshape(N * T, K, -1), lat.variances.reshape(N * T, K, -1))
@@ -123,7 +126,8 @@ def budget(run_dir: Path, sequences: int) -> dict:
     m_t, m_n = pairs(lat.means)
     g_t, g_n = pairs(lat.positions)  # (P, J, 2): each digit's (row, col)
     c_t, c_n = with_class(s_t, classes[:, digit_of]), with_class(s_n, classes[:, digit_of])
-    with_columns = [np.concatenate([a, s_t.shape[2] + np.arange(CLASSES)]) for a in active]
+    # a factor with no active unit reads nothing, its class alone neither
+    with_columns = [np.concatenate([a, s_t.shape[2] + np.arange(CLASSES)]) if len(a) else a for a in active]
     out: dict = {"run": str(run_dir), "step": runfolder_step(run_dir), "pairs": N * (T - 1),
                  "transition_order": cfg.model.transition_order, "decoder": cfg.model.decoder,
                  "kinematics": d.kinematics, "digit_of_factor": digit_of, "position_r2": R2.tolist(),
@@ -194,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(table(rows))
     print(f"\nKSG k = 3 on every (z_t, z_t+1) pair, bits (same / cross), plain or with neighbours from "
-          f"other sequences only; class adds log2(10) = "
-          f"{math.log2(CLASSES):.2f} bits when independent of the state")
+          f"other sequences only; a uniform class independent of the state would add log2(10) = "
+          f"{math.log2(CLASSES):.2f} bits in theory")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1) + "\n")

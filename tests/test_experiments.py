@@ -164,6 +164,17 @@ def test_mi_budget_reads_a_run_as_its_evaluation_does_and_refuses_an_entangled_o
     a, b = pos[:, :-1].reshape(-1, *flat), pos[:, 1:].reshape(-1, *flat)
     same = np.mean([ksg_mi(a[:, j], b[:, j]) for j in range(flat[0])]) / math.log(2)
     assert r["plain"]["truth"]["same"] == pytest.approx(same, abs=1e-9)
+    # the across-sequence reading of every unit, recomputed from the model's own samples
+    from indpred.eval.latents import collect_latents
+    from indpred.metrics import ksg_mi_across
+    from indpred.run import load_model
+
+    data = make_dataset(cfg.data, "test", 8, seed=cfg.data.seed, seq_len=cfg.data.seq_len)
+    z = collect_latents(load_model(out / "factored-seed0"), data, seed=cfg.data.seed).samples  # (N, T, K, d)
+    sequence = np.repeat(np.arange(8), z.shape[1] - 1)
+    now, then = (a.reshape(len(sequence), *z.shape[2:]) for a in (z[:, :-1], z[:, 1:]))  # (P, K, d)
+    same = np.mean([ksg_mi_across(now[:, k], then[:, k], sequence) for k in range(z.shape[2])]) / math.log(2)
+    assert r["across"]["samples"]["same"] == pytest.approx(same, abs=1e-9)
     assert "| plain |" in budget.stdout and "| across sequences |" in budget.stdout
     refused = subprocess.run([*script, str(out / "entangled-seed0")], capture_output=True, text=True,
                              timeout=300)

@@ -51,8 +51,8 @@ def _lower_bound_table(m: dict[str, Any]) -> Table:
 
 
 def _mutual_information_table(mi: dict[str, Any]) -> Table:
-    active = mi.get("active")
-    active = None if active is None or "skipped" in active else active
+    active = mi.get("active")  # None: evaluated before the third reading existed
+    read = active is not None and "skipped" not in active
     return Table(
         f"Mutual information between z_t and z_t+1 (KSG, k = {mi['k']}, {mi['pairs']} pairs)",
         ["", "nats", "bits"], [
@@ -67,7 +67,7 @@ def _mutual_information_table(mi: dict[str, Any]) -> Table:
             f"of {mi['partition']['partitions']} random partitions (largest same − cross) is shown.",
             None if mi.get("authors") is None else "Authors' protocol: the same estimator on the "
             f"last {mi['authors']['pairs']} pairs only, as their code measured it.",
-            None if active is None else "Active units: the same estimator on each factor's "
+            None if not read else "Active units: the same estimator on each factor's "
             "units whose posterior mean varies more than its noise (SNR > "
             f"{active['snr_threshold']:g}, units per factor in brackets), each pair's "
             "neighbours from other sequences only: inactive units are the prior's noise, which hides "
@@ -87,8 +87,10 @@ def _authors_rows(a: dict[str, Any] | None) -> list[list[str]]:
 
 
 def _active_rows(a: dict[str, Any] | None) -> list[list[str]]:
-    if a is None:  # evaluated before the third reading existed, or with too few sequences for it
+    if a is None:
         return []
+    if "skipped" in a:
+        return [["active units", f"skipped: {a['skipped']}", ""]]
     counts = ", ".join(map(str, a["counts"]))
     return [[f"same-factor, active units ({counts})", _fmt(a["same_nats"]), _fmt(a["same_bits"])],
             ["cross-factor, active units (both directions)", _fmt(a["cross_nats"]), _fmt(a["cross_bits"])]]

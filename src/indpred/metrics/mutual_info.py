@@ -247,6 +247,7 @@ def ksg_mi_across(x: np.ndarray, y: np.ndarray, sequence: np.ndarray, k: int = 3
     if y.shape[0] != n or sequence.shape != (n,):
         raise ValueError(f"x, y and sequence must have the same length, got {n}, {y.shape[0]} "
                          f"and shape {sequence.shape}")
+    k = _check_k(k, n)
     x = _prepare(x, standardize=standardize, jitter=0.0, rng=None)
     y = _prepare(y, standardize=standardize, jitter=0.0, rng=None)
     _, label, sizes = np.unique(sequence, return_inverse=True, return_counts=True)
