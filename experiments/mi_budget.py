@@ -38,6 +38,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from indpred import run as runfolder
+from indpred.checkpoint import latest_step
 from indpred.data.factory import make_dataset
 from indpred.errors import UserError
 from indpred.eval.dependence import ACTIVE_SNR, unit_snr
@@ -128,7 +129,8 @@ def budget(run_dir: Path, sequences: int) -> dict:
     c_t, c_n = with_class(s_t, classes[:, digit_of]), with_class(s_n, classes[:, digit_of])
     # a factor with no active unit reads nothing, its class alone neither
     with_columns = [np.concatenate([a, s_t.shape[2] + np.arange(CLASSES)]) if len(a) else a for a in active]
-    out: dict = {"run": str(run_dir), "step": runfolder_step(run_dir), "pairs": N * (T - 1),
+    out: dict = {"run": str(run_dir), "step": latest_step(run_dir / runfolder.CHECKPOINTS),
+                 "pairs": N * (T - 1),
                  "transition_order": cfg.model.transition_order, "decoder": cfg.model.decoder,
                  "kinematics": d.kinematics, "digit_of_factor": digit_of, "position_r2": R2.tolist(),
                  "posterior": posterior}
@@ -141,12 +143,6 @@ def budget(run_dir: Path, sequences: int) -> dict:
             "truth": reading(g_t, g_n, sequence),
             "truth_class": reading(with_class(g_t, classes), with_class(g_n, classes), sequence)}
     return out
-
-
-def runfolder_step(run_dir: Path) -> int | None:
-    from indpred.checkpoint import latest_step
-
-    return latest_step(run_dir / runfolder.CHECKPOINTS)
 
 
 KEYS = ("samples", "means", "samples_active", "means_active", "samples_active_class", "truth",

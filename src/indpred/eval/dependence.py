@@ -32,13 +32,12 @@ def correlation_metrics(ctx: EvalContext, z_t: np.ndarray, z_next: np.ndarray,
 
 
 def mutual_information_metrics(ctx: EvalContext, z_t: np.ndarray, z_next: np.ndarray,
-                               groups: UnitGroups, *, k: int, partitions: int,
-                               snr: np.ndarray | None = None, sequence: np.ndarray | None = None
-                               ) -> dict[str, Any]:
+                               groups: UnitGroups, *, k: int, partitions: int, snr: np.ndarray,
+                               sequence: np.ndarray) -> dict[str, Any]:
     """The K × K matrix I(z_t^i ; z_t+1^j) (KSG, nats) and its same/cross-factor summary; for an
-    entangled model the best partition's, already computed when its groups were chosen. With
-    ``snr`` (K·d,), the units' signal-to-noise ratios, and ``sequence`` (P,), each pair's
-    sequence, also the reading on active units across sequences."""
+    entangled model the best partition's, already computed when its groups were chosen. Also
+    the authors' protocol, and the reading on active units across sequences from ``snr``
+    (K·d,), the units' signal-to-noise ratios, and ``sequence`` (P,), each pair's sequence."""
     partition = groups.partition
     if partition is None:
         M = mi_matrix(z_t, z_next, k=k)
@@ -54,7 +53,7 @@ def mutual_information_metrics(ctx: EvalContext, z_t: np.ndarray, z_next: np.nda
     return {
         "k": k, "pairs": len(z_t), "matrix_nats": M, **summary,
         "authors": authors_reading(z_t, z_next, groups),
-        "active": None if snr is None else active_reading(z_t, z_next, groups, snr, sequence, k=k),
+        "active": active_reading(z_t, z_next, groups, snr, sequence, k=k),
         "partition": None if partition is None else {
             "groups": groups.count, "size": groups.size, "units": groups.units,
             "partitions": partitions, "scores_nats": partition["scores"],
