@@ -4,6 +4,7 @@ encodes a clip; and the machinery around them (listing, cards, bad names, corrup
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,3 +131,41 @@ def test_bad_pretrained_arguments_exit_2_with_one_line(shelf, argv, message, cap
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_refreshing_a_card_rewrites_its_figures_from_an_evaluation_and_keeps_the_weights(shelf, tmp_path,
+                                                                                        monkeypatch):
+    """experiments/ship_pretrained.py --refresh: a card gains the evaluation's current figures (here
+    the third MI reading) and a new check, only from an evaluation of the same weights on the
+    card's sequences and seed; the weights are not rewritten."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "ship_pretrained", Path(__file__).resolve().parents[1] / "experiments" / "ship_pretrained.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    small = {"sequences": 8, "seed": 1, "iw_samples": 1, "iw_sequences": 2, "partitions": 2,
+             "pred_samples": 1}
+    monkeypatch.setattr(script, "CHECK_OPTIONS", small)
+    card = pretrained.card("tiny")
+    card["metrics"] = {"sequences": 8, "eval_seed": 3, "elbo": -1.0, "alignment": None}
+    (shelf / "tiny.json").write_text(json.dumps(card))
+    weights, digest = (shelf / "tiny.safetensors").read_bytes(), card["sha256"]
+    run = pretrained.materialise("tiny", tmp_path / "as-run")
+    wrong = evaluate_run(run, progress=False, sequences=8, seed=4, iw_samples=1, iw_sequences=2,
+                         partitions=2, pred_samples=1)
+    with pytest.raises(UserError, match="evaluated on 8 sequences with seed 4; the card says 8 with seed 3"):
+        script.refresh(run, "tiny")
+    assert wrong["seed"] == 4 and pretrained.card("tiny")["metrics"]["elbo"] == -1.0
+    m = evaluate_run(run, progress=False, sequences=8, seed=3, iw_samples=1, iw_sequences=2,
+                     partitions=2, pred_samples=1)
+    script.refresh(run, "tiny")
+    card = pretrained.card("tiny")
+    assert card["metrics"]["elbo"] == m["elbo"]["elbo"]
+    assert card["metrics"]["active_same_bits"] == m["mutual_information"]["active"]["same_bits"]
+    assert set(card["check"]["values"]) == set(script.TOLERANCE) and card["check"]["options"] == small
+    assert (shelf / "tiny.safetensors").read_bytes() == weights and card["sha256"] == digest
+    other = tmp_path / "other-run"
+    other.mkdir()
+    with pytest.raises(UserError, match="does not hold the shipped model 'tiny'"):
+        script.refresh(other, "tiny")

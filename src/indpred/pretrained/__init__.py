@@ -26,7 +26,7 @@ from indpred.errors import UserError
 from indpred.fileio import file_digest, write_text_atomic
 from indpred.model import FactoredVAE
 
-__all__ = ["card", "card_figures", "load_pretrained", "materialise", "names", "ship"]
+__all__ = ["card", "card_figures", "card_path", "load_pretrained", "materialise", "names", "ship"]
 
 FORMAT = "indpred-pretrained"
 VERSION = 1
@@ -43,9 +43,14 @@ def names() -> list[str]:
     return sorted(p.stem for p in _folder().glob("*.json"))
 
 
+def card_path(name: str) -> Path:
+    """Where a shipped model's card lies (its weights lie beside it, ``NAME.safetensors``)."""
+    return _folder() / f"{name}.json"
+
+
 def card(name: str) -> dict[str, Any]:
     """A shipped model's card; an unknown name is refused with the names there are."""
-    path = _folder() / f"{name}.json"
+    path = card_path(name)
     if not isinstance(name, str) or "/" in name or not path.is_file():
         raise UserError(f"no pretrained model {name!r}; shipped: {', '.join(names()) or 'none'} "
                         "(indpred pretrained lists them)")
@@ -111,6 +116,8 @@ def card_figures(m: dict[str, Any]) -> dict[str, Any]:
         "same_bits": mi["same_bits"], "cross_bits": mi["cross_bits"],
         "authors_same_bits": mi.get("authors", {}).get("same_bits"),
         "authors_cross_bits": mi.get("authors", {}).get("cross_bits"),
+        "active_same_bits": mi.get("active", {}).get("same_bits"),
+        "active_cross_bits": mi.get("active", {}).get("cross_bits"),
         "alignment": al.get("score"), "dominant_distinct": al.get("dominant_distinct"),
         "one_step_over_stay": one.get("prior_over_stay"),
         "tracking_error_px": tracking.get("error_px"), "tracking_within_3px": tracking.get("within"),
