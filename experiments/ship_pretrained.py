@@ -80,7 +80,10 @@ def main() -> None:
     args = p.parse_args()
     run = Path(args.run)
     if args.refresh:
-        print(f"refreshed {args.name}: {refresh(run, args.name)}")
+        try:
+            print(f"refreshed {args.name}: {refresh(run, args.name)}")
+        except UserError as e:
+            raise SystemExit(f"ship_pretrained: {e}") from None
         return
     if not args.description:
         p.error("--description is required to ship a new model")
