@@ -355,8 +355,9 @@ def _demo() -> RunConfig:
 
 
 def _mmnist_cpu() -> RunConfig:
-    """The demo's model at the paper's T = 10 and 64 pixels, trained for about an hour on one
-    CPU core: the reduced Moving MNIST pair of docs/RESULTS.md and the shipped ``mmnist-cpu``.
+    """The demo's model at the paper's T = 10 and 64 pixels, 8,000 steps on one CPU core.
+
+    The reduced Moving MNIST pair of docs/RESULTS.md and the shipped ``mmnist-cpu``.
 
     8,000 steps, the learning rate decayed by 0.9 every 1,000. A quarter of the paper's widths
     keeps a step of 320 frames near 0.4 s on one core, where half the widths took 2.5 times as
@@ -373,8 +374,9 @@ def _mmnist_cpu() -> RunConfig:
 
 
 def _street_8f() -> RunConfig:
-    """The paper's street model: eight factors, paper widths, σ_x² = 0.05, the authors'
-    second-order prior (needs --data DIR)."""
+    """The paper's street model: eight factors, paper widths, σ_x² = 0.05 (needs --data DIR).
+
+    With the authors' second-order prior, as every preset."""
     return RunConfig(
         preset="street-8f",
         model=ModelConfig(factors=8, factor_dim=8, width=1.0, obs_var=0.05, transition_order=2),
