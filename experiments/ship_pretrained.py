@@ -10,7 +10,7 @@ it) and a check: a small seeded evaluation of the shipped weights that
 When the evaluation gains a figure, refresh a shipped card without touching its weights: evaluate
 the shipped model as its card says (sequences, seed), then rewrite the card's figures and check:
 
-    indpred eval --pretrained mmnist-cpu --sequences 128 --seed 2 --out runs/pre-mmnist-cpu
+    indpred eval --pretrained mmnist-cpu --sequences 128 --seed 4 --out runs/pre-mmnist-cpu
     python experiments/ship_pretrained.py runs/pre-mmnist-cpu mmnist-cpu --refresh
 """
 

@@ -122,9 +122,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"step {restarts[0]['step']} (train.dormant_check; {runs[0] / RESTARTS})")
     alignment = load_metrics(runs[0]).get("alignment", {})
     if alignment.get("score") is not None and not separated(alignment):
-        print("the factored model did not separate the digits this time; at the demo's budget, "
-              "restarts for a dormant factor included, that happens in about one seed in three "
-              f"(docs/RESULTS.md): try another, e.g. indpred demo --seed {base.train.seed + 1}")
+        print("the factored model did not separate the digits this time; at the demo's budget "
+              "that happens in about one seed in ten (docs/RESULTS.md): try another, e.g. "
+              f"indpred demo --seed {base.train.seed + 1}")
     print(f"\ntrained both in {wall / 60:.1f} min; comparison: {md_path}")
     for run in runs:
         print(f"report ({run.name}): {run / 'eval' / 'report.html'}")

@@ -341,7 +341,7 @@ def _demo() -> RunConfig:
     neither factor settles into carrying nothing, and with bf16 image networks where the
     CPU computes bf16 natively (AMX or AVX512-BF16; fp32 elsewhere). It keeps the paper's
     16 units per factor (with 8, one digit was often never encoded) and the authors'
-    second-order prior, with which the factors separate the digits in seeds 0-9 without
+    second-order prior, with which the factors separate the digits in 9 of seeds 0-9 without
     the dormant-factor restarts the first-order demo needed (docs/RESULTS.md).
     """
     return RunConfig(
@@ -357,7 +357,8 @@ def _demo() -> RunConfig:
 def _mmnist_cpu() -> RunConfig:
     """The demo's model at the paper's T = 10 and 64 pixels, 8,000 steps on one CPU core.
 
-    The reduced Moving MNIST pair of docs/RESULTS.md and the shipped ``mmnist-cpu``.
+    The configuration of the shipped ``mmnist-cpu`` pair (seed 4) and of docs/RESULTS.md's
+    "Motion in the factors".
 
     8,000 steps, the learning rate decayed by 0.9 every 1,000. A quarter of the paper's widths
     keeps a step of 320 frames near 0.4 s on one core, where half the widths took 2.5 times as
