@@ -63,6 +63,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 @pytest.mark.parametrize("record, preset, overrides", [
     # today's preset (second-order prior, no restarts); dormant_nats is unused with the check off
     ("o2-perfactor/factored-seed4.json", "mmnist-cpu", ["train.dormant_nats=3.8"]),
+    ("o2-perfactor/entangled-seed4.json", "mmnist-cpu-entangled", ["train.dormant_nats=3.8"]),
     # the reduced pair trained before issue 16, repeated with the overrides docs/RESULTS.md gives
     ("mmnist-cpu/factored-seed2.json", "mmnist-cpu", FIRST_ORDER),
     ("mmnist-cpu/entangled-seed2.json", "mmnist-cpu-entangled", FIRST_ORDER),
