@@ -363,7 +363,7 @@ def _mmnist_cpu() -> RunConfig:
     8,000 steps, the learning rate decayed by 0.9 every 1,000. A quarter of the paper's widths
     keeps a step of 320 frames near 0.4 s on one core, where half the widths took 2.5 times as
     long. The authors' second-order prior without restarts: its factors learn the motion and
-    separated the digits in 4 of seeds 0–4 (docs/RESULTS.md, "Motion in the factors"). The
+    separated the digits in 5 of seeds 0–5 (docs/RESULTS.md, "Motion in the factors"). The
     reduced-pair tables trained before issue 16 used a first-order prior and the dormant-factor
     rule: ``model.transition_order=1 train.dormant_check=600 train.dormant_nats=3.8``.
     """
